@@ -1,0 +1,226 @@
+"""The `lorabake` command. Every verb drives the same engine facade as the Discord bot; `--json`
+prints machine-readable output for scripts."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from engine.config import ConfigError, load_config
+from engine.errors import UserError
+from engine.facade import Engine
+from engine.records import Actor, Job, Project
+
+CLI_USER = 0  # projects made from the command line belong to this local user unless --user says otherwise
+
+
+def _common_options(*, with_defaults: bool) -> argparse.ArgumentParser:
+    """--config, --json and --user, accepted before or after a sub-action. Below the first level their
+    defaults are suppressed, or an action would overwrite what was typed before it."""
+    def default(value: Any) -> Any:
+        return value if with_defaults else argparse.SUPPRESS
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=default(None),
+                        help="config file (default: ./config.toml if it exists, else built-in defaults)")
+    common.add_argument("--json", action="store_true", default=default(False), help="print JSON for scripts")
+    common.add_argument("--user", type=int, default=default(CLI_USER),
+                        help="act as this Discord user id (default 0: local)")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options(with_defaults=True)
+    inner = _common_options(with_defaults=False)
+
+    parser = argparse.ArgumentParser(prog="lorabake", description="LoRA training studio for Discord servers")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    verbs.add_parser("run", parents=[common], help="run the Discord bot with its engine and web server")
+    verbs.add_parser("demo", parents=[common], help="show the flow on tiny generated models, no Discord needed")
+
+    projects = verbs.add_parser("projects", parents=[common], help="manage projects").add_subparsers(
+        dest="action", required=True)
+    projects.add_parser("list", parents=[inner], help="list projects")
+    new = projects.add_parser("new", parents=[inner], help="create a project")
+    new.add_argument("name")
+    new.add_argument("trigger")
+    new.add_argument("class_name", metavar="class")
+    for action in ("info", "delete"):
+        projects.add_parser(action, parents=[inner], help=f"{action} a project").add_argument("name")
+    rename = projects.add_parser("rename", parents=[inner], help="rename a project")
+    rename.add_argument("name")
+    rename.add_argument("new_name")
+
+    queue = verbs.add_parser("queue", parents=[common], help="queued and running jobs")
+    queue.add_argument("--all", action="store_true", help="everyone's jobs, not only --user's")
+    cancel = verbs.add_parser("cancel", parents=[common], help="cancel a job")
+    cancel.add_argument("job", type=int)
+    verbs.add_parser("check", parents=[common], help="run the system check job here and print what it finds")
+
+    dev = verbs.add_parser("dev", parents=[common], help="developer tools").add_subparsers(
+        dest="action", required=True)
+    tiny = dev.add_parser("tiny-models", parents=[inner], help="write tiny SD1.5/SDXL pipelines and a tagger")
+    tiny.add_argument("dir", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config_path = args.config or (Path("config.toml") if Path("config.toml").is_file() else None)
+        config = load_config(config_path)
+        return asyncio.run(_dispatch(args, config))
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
+    except UserError as error:
+        _fail(args, str(error))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(args: argparse.Namespace, message: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": False, "error": message}))
+    else:
+        print(f"error: {message}", file=sys.stderr)
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+async def _dispatch(args: argparse.Namespace, config) -> int:
+    if args.verb == "run":
+        return await _run(config)
+    if args.verb == "dev":
+        return _tiny_models(args)
+    if args.verb == "demo":
+        from bot.demo import run_demo
+
+        return await run_demo(config, as_json=args.json)
+    handler = _ENGINE_VERBS[(args.verb, getattr(args, "action", None))]
+    engine = await Engine.open(config)
+    try:
+        return await handler(engine, args)
+    finally:
+        await engine.close()
+
+
+async def _run(config) -> int:
+    import discord
+
+    from bot.app import run_service
+
+    if not config.discord.token:
+        print("No Discord token: set LORABAKE_DISCORD_TOKEN (or [discord] token in config.toml).\n"
+              "To see lorabake work without Discord, run: lorabake demo", file=sys.stderr)
+        return 2
+    try:
+        await run_service(config)
+    except discord.LoginFailure:
+        print("Discord refused the bot token: copy it again from the Developer Portal (Bot → Reset Token).",
+              file=sys.stderr)
+        return 2
+    except discord.PrivilegedIntentsRequired:
+        print("Discord refused a privileged intent the bot asked for.", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _tiny_models(args: argparse.Namespace) -> int:
+    from engine.devtools.tiny_models import write_tiny_models
+
+    paths = write_tiny_models(args.dir)
+    data = {"sd15": str(paths.sd15), "sdxl": str(paths.sdxl), "tagger": str(paths.tagger)}
+    _emit(args, data, "\n".join(f"{key:7} {value}" for key, value in data.items()))
+    return 0
+
+
+def _project_text(project: Project) -> str:
+    return (f"{project.name}: trigger {project.trigger}, class {project.class_name}, "
+            f"{project.train_images} images, {project.reg_images} reg images, {project.active_jobs} active jobs\n"
+            f"  {project.path}")
+
+
+def _job_text(job: Job) -> str:
+    where = f" [{job.project_name}]" if job.project_name else ""
+    place = f" #{job.position} in {job.lane} queue" if job.position else ""
+    return f"#{job.id} {job.title}{where}: {job.state}{place} (user {job.user_id})" + (
+        f" — {job.error}" if job.error else "")
+
+
+def _actor(args: argparse.Namespace) -> Actor:
+    return Actor(args.user, "cli", is_admin=True)
+
+
+async def _projects_list(engine: Engine, args: argparse.Namespace) -> int:
+    projects = await engine.list_projects(_actor(args))
+    _emit(args, [p.to_dict() for p in projects], "\n".join(map(_project_text, projects)) or "no projects")
+    return 0
+
+
+async def _projects_new(engine: Engine, args: argparse.Namespace) -> int:
+    project = await engine.create_project(_actor(args), args.name, args.trigger, args.class_name)
+    _emit(args, project.to_dict(), f"created {_project_text(project)}")
+    return 0
+
+
+async def _projects_info(engine: Engine, args: argparse.Namespace) -> int:
+    project = await engine.get_project(_actor(args), args.name)
+    _emit(args, project.to_dict(), _project_text(project))
+    return 0
+
+
+async def _projects_rename(engine: Engine, args: argparse.Namespace) -> int:
+    project = await engine.rename_project(_actor(args), args.name, args.new_name)
+    _emit(args, project.to_dict(), f"renamed: {_project_text(project)}")
+    return 0
+
+
+async def _projects_delete(engine: Engine, args: argparse.Namespace) -> int:
+    project = await engine.delete_project(_actor(args), args.name)
+    _emit(args, project.to_dict(), f"deleted {project.name} and its files")
+    return 0
+
+
+async def _queue(engine: Engine, args: argparse.Namespace) -> int:
+    jobs = await engine.jobs(None if args.all else _actor(args))
+    _emit(args, [job.to_dict() for job in jobs], "\n".join(map(_job_text, jobs)) or "nothing queued or running")
+    return 0
+
+
+async def _cancel(engine: Engine, args: argparse.Namespace) -> int:
+    job = await engine.cancel(_actor(args), args.job)
+    _emit(args, job.to_dict(), f"cancelled {_job_text(job)}")
+    return 0
+
+
+async def _check(engine: Engine, args: argparse.Namespace) -> int:
+    job = await engine.run_here(_actor(args), "check")
+    _emit(args, job.to_dict(), "\n".join(f"{key}: {value}" for key, value in (job.result or {}).items())
+          or _job_text(job))
+    return 0 if job.state == "done" else 1
+
+
+_ENGINE_VERBS: dict[tuple[str, str | None], Callable[[Engine, argparse.Namespace], Awaitable[int]]] = {
+    ("projects", "list"): _projects_list,
+    ("projects", "new"): _projects_new,
+    ("projects", "info"): _projects_info,
+    ("projects", "rename"): _projects_rename,
+    ("projects", "delete"): _projects_delete,
+    ("queue", None): _queue,
+    ("cancel", None): _cancel,
+    ("check", None): _check,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Answering an interaction whatever state it is in, and turning errors into messages a member can
+act on. Every handler (commands, buttons) ends up here when something goes wrong."""
+from __future__ import annotations
+
+import logging
+import secrets
+
+import discord
+from discord import app_commands
+
+from engine.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class Refused(app_commands.CheckFailure):
+    """A check said no; the text says why and what to do."""
+
+
+async def reply(interaction: discord.Interaction, content: str | None = None, *, ephemeral: bool = True,
+                embed: discord.Embed | None = None, view: discord.ui.View | None = None) -> None:
+    kwargs: dict = {"content": content, "ephemeral": ephemeral}
+    if embed is not None:
+        kwargs["embed"] = embed
+    if view is not None:
+        kwargs["view"] = view
+    if interaction.response.is_done():
+        await interaction.followup.send(**kwargs)
+    else:
+        await interaction.response.send_message(**kwargs)
+
+
+def describe_error(error: BaseException) -> str:
+    """The member-facing text for an error raised while handling their interaction."""
+    original = error
+    while isinstance(original, (app_commands.CommandInvokeError, app_commands.TransformerError)) and original.__cause__:
+        original = original.__cause__
+    if isinstance(original, UserError):
+        return f"❌ {original}"
+    if isinstance(original, Refused):
+        return f"🚫 {original}"
+    if isinstance(original, app_commands.CommandOnCooldown):
+        return f"🐢 Slow down a little: try again in {original.retry_after:.0f} s."
+    if isinstance(original, app_commands.CheckFailure):
+        return "🚫 You can't use this command here."
+    incident = secrets.token_hex(3)
+    log.error("unexpected error (incident %s)", incident, exc_info=original)
+    return (f"💥 Something went wrong on our side (incident `{incident}`). Nothing of yours was changed; "
+            "try again, and if it keeps happening tell the server owner the incident code.")
+
+
+async def report_error(interaction: discord.Interaction, error: BaseException) -> None:
+    text = describe_error(error)
+    try:
+        await reply(interaction, text)
+    except discord.HTTPException:
+        log.warning("could not tell user %s about an error: %s", interaction.user.id, text)

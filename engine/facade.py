@@ -1,0 +1,322 @@
+"""The one API that the bot, the CLI and the tests drive. It knows projects, jobs, events and files;
+it knows nothing of Discord. Every call that touches a project takes the Actor asking, and only ever
+finds that actor's own projects: another member's project is simply "not found"."""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from engine import naming
+from engine.config import Config
+from engine.errors import Forbidden, Invalid, LimitReached, NotFound, SetupError
+from engine.events import EventBus, Subscription
+from engine.jobs import JobKind, load_kinds, require_kind
+from engine.links import LinkSigner, new_token_id
+from engine.records import Actor, Job, Project
+from engine.scheduler import Scheduler
+from storage import artifacts as artifact_rows
+from storage import jobs as job_rows
+from storage import projects as project_rows
+from storage import settings as setting_rows
+from storage import status_messages as status_rows
+from storage.artifacts import ArtifactRow
+from storage.db import Database
+from storage.layout import DataLayout
+from storage.migrations import SchemaTooNew
+from storage.status_messages import StatusMessageRow
+from storage.users import upsert_user
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, config: Config, db: Database, layout: DataLayout, kinds: dict[str, JobKind]) -> None:
+        self.config = config
+        self.layout = layout
+        self._db = db
+        self._kinds = kinds
+        self.events = EventBus()
+        self.scheduler = Scheduler(db, layout, config.queue, kinds, self.events)
+        self.links = LinkSigner.from_config(config.web.secret, layout.root / "secret.key")
+        self._started = False
+
+    @classmethod
+    async def open(cls, config: Config) -> Engine:
+        """Opens (and migrates) the database and removes files a crash left without rows."""
+        kinds = load_kinds()
+        layout = DataLayout(config.data_dir)
+        try:
+            layout.ensure()
+            db = await Database.open(layout.db_path)
+        except SchemaTooNew as error:
+            raise SetupError(str(error)) from None
+        except (OSError, sqlite3.Error) as error:
+            raise SetupError(f"cannot use the data folder {config.data_dir}: {error}; "
+                             "check data_dir in the config") from None
+        try:
+            removed = layout.sweep_orphans(await project_rows.list_all_dirs(db))
+            for path in removed:
+                log.warning("removed %s: a project folder with no project (left by a crash)", path)
+            return cls(config, db, layout, kinds)
+        except BaseException:
+            await db.close()
+            raise
+
+    async def start(self) -> None:
+        """Recovers interrupted jobs and starts the lanes."""
+        await self.scheduler.start()
+        self._started = True
+
+    async def close(self) -> None:
+        if self._started:
+            await self.scheduler.stop()
+            self._started = False
+        await self._db.close()
+
+    def subscribe(self) -> Subscription:
+        return self.events.subscribe()
+
+    # --- projects -------------------------------------------------------------------------------
+
+    async def create_project(self, actor: Actor, name: str, trigger: str, class_name: str) -> Project:
+        name = naming.project_name(name)
+        trigger = naming.trigger_word(trigger)
+        class_name = naming.class_name(class_name)
+        async with self._db.transaction() as tx:
+            await upsert_user(tx, actor.user_id, actor.name)
+            if await project_rows.get_by_name(tx, actor.user_id, name):
+                raise Invalid(f"you already have a project called {name}: pick another name or /lora delete it")
+            if await project_rows.count_for_user(tx, actor.user_id) >= self.config.queue.max_projects_per_user:
+                raise LimitReached(
+                    f"you have {self.config.queue.max_projects_per_user} projects, the most this server allows: "
+                    "delete one you no longer need first"
+                )
+            dir_name = naming.unique_dir_name(name, await project_rows.dir_names(tx, actor.user_id))
+            # Folders first, row second: a crash in between leaves only an empty folder, swept on start.
+            self.layout.create_project_dirs(actor.user_id, dir_name)
+            row = await project_rows.insert_project(tx, actor.user_id, name, dir_name, trigger, class_name)
+        return await self._project(row)
+
+    async def list_projects(self, actor: Actor) -> list[Project]:
+        return [await self._project(row) for row in await project_rows.list_for_user(self._db, actor.user_id)]
+
+    async def project_names(self, actor: Actor, prefix: str = "", limit: int = 25) -> list[str]:
+        rows = await project_rows.list_for_user(self._db, actor.user_id)
+        wanted = prefix.strip().lower()
+        starts = [row.name for row in rows if row.name.lower().startswith(wanted)]
+        contains = [row.name for row in rows if wanted in row.name.lower() and row.name not in starts]
+        return (starts + contains)[:limit]
+
+    async def get_project(self, actor: Actor, name: str) -> Project:
+        return await self._project(await self._own_project(actor, name))
+
+    async def get_project_by_id(self, actor: Actor, project_id: int) -> Project:
+        """For buttons, whose custom_id carries the id: still only the actor's own project."""
+        row = await project_rows.get_by_id(self._db, project_id)
+        if row is None or row.user_id != actor.user_id:
+            raise NotFound("that project no longer exists, or it is not yours")
+        return await self._project(row)
+
+    async def rename_project(self, actor: Actor, name: str, new_name: str) -> Project:
+        row = await self._own_project(actor, name)
+        new_name = naming.project_name(new_name)
+        async with self._db.transaction() as tx:
+            clash = await project_rows.get_by_name(tx, actor.user_id, new_name)
+            if clash and clash.id != row.id:
+                raise Invalid(f"you already have a project called {new_name}")
+            await project_rows.rename(tx, row.id, new_name)
+        return await self.get_project(actor, new_name)
+
+    async def delete_project(self, actor: Actor, name: str) -> Project:
+        """Cancels the project's jobs, deletes its rows, then its files (row first: see storage.layout)."""
+        row = await self._own_project(actor, name)
+        project = await self._project(row)
+        for job in await job_rows.list_jobs(self._db, user_id=actor.user_id):
+            if job.project_id == row.id:
+                await self.scheduler.cancel(job.id, job.user_id, "its project was deleted")
+        async with self._db.transaction() as tx:
+            await project_rows.delete(tx, row.id)
+        self.layout.discard(self.layout.project(row.user_id, row.dir_name).root)
+        return project
+
+    async def project_dir(self, actor: Actor, name: str) -> Path:
+        row = await self._own_project(actor, name)
+        return self.layout.project(row.user_id, row.dir_name).root
+
+    async def _own_project(self, actor: Actor, name: str) -> project_rows.ProjectRow:
+        row = await project_rows.get_by_name(self._db, actor.user_id, name.strip())
+        if row is None:
+            raise NotFound(f"you have no project called {name!r}: /lora list shows yours, /lora new makes one")
+        return row
+
+    async def _project(self, row: project_rows.ProjectRow) -> Project:
+        counts = await project_rows.counts(self._db, row.id)
+        return Project(
+            id=row.id, user_id=row.user_id, name=row.name, trigger=row.trigger, class_name=row.class_name,
+            created_at=row.created_at, path=str(self.layout.project(row.user_id, row.dir_name).root),
+            train_images=counts.train_images, reg_images=counts.reg_images, captioned=counts.captioned,
+            active_jobs=counts.jobs_active,
+        )
+
+    # --- jobs -----------------------------------------------------------------------------------
+
+    async def enqueue(self, actor: Actor, kind_name: str, project: str | None = None,
+                      params: dict[str, Any] | None = None) -> Job:
+        kind = require_kind(self._kinds, kind_name)
+        project_row = await self._own_project(actor, project) if project else None
+        if kind.needs_project and project_row is None:
+            raise Invalid(f"a {kind.title.lower()} job needs a project: name one of yours")
+        async with self._db.transaction() as tx:
+            await upsert_user(tx, actor.user_id, actor.name)
+            active = await job_rows.count_active_for_user(tx, actor.user_id)
+            if active >= self.config.queue.max_queued_per_user:
+                raise LimitReached(
+                    f"you already have {active} jobs queued or running, the most this server allows: "
+                    "wait for one to finish or /lora cancel one"
+                )
+            job_id = await job_rows.insert(
+                tx, user_id=actor.user_id, project_id=project_row.id if project_row else None, kind=kind.name,
+                lane=kind.lane, priority=kind.priority, params=params or {},
+            )
+            await job_rows.add_event(tx, job_id, "queued", {"kind": kind.name})
+        self.scheduler.publish("queued", job_id, actor.user_id, {"kind": kind.name})
+        self.scheduler.wake(kind.lane)
+        return await self.job(job_id)
+
+    async def run_here(self, actor: Actor, kind_name: str, project: str | None = None,
+                       params: dict[str, Any] | None = None) -> Job:
+        """Starts the scheduler in this process and waits for one job to end (the CLI and the demo).
+        Refused with SchedulerBusy while another process (the bot) runs jobs from the same folder."""
+        subscription = self.subscribe()
+        try:
+            if not self._started:
+                await self.start()
+            job = await self.enqueue(actor, kind_name, project, params)
+            async for event in subscription:
+                if event.job_id == job.id and event.final:
+                    break
+        finally:
+            subscription.close()
+        return await self.job(job.id)
+
+    async def job(self, job_id: int) -> Job:
+        row = await job_rows.get(self._db, job_id)
+        if row is None:
+            raise NotFound(f"there is no job #{job_id}: /lora queue lists the jobs you have")
+        return (await self._jobs([row]))[0]
+
+    async def jobs(self, actor: Actor | None = None, *, include_finished: bool = False) -> list[Job]:
+        """Queued and running jobs in the order they will run (actor None: everyone's)."""
+        states = job_rows.ACTIVE_STATES + (job_rows.FINAL_STATES if include_finished else ())
+        rows = await job_rows.list_jobs(self._db, states=states, user_id=actor.user_id if actor else None)
+        jobs = await self._jobs(rows)
+        return sorted(jobs, key=lambda job: (job.state != "running", job.position or 0, job.id))
+
+    async def cancel(self, actor: Actor, job_id: int) -> Job:
+        job = await self.job(job_id)
+        if job.user_id != actor.user_id and not actor.is_admin:
+            raise Forbidden(f"job #{job_id} is not yours: you can only cancel your own jobs")
+        if not job.active:
+            raise Invalid(f"job #{job_id} has already {job.state.replace('done', 'finished')}")
+        who = "you" if job.user_id == actor.user_id else f"a server admin ({actor.name or actor.user_id})"
+        await self.scheduler.cancel(job_id, job.user_id, f"cancelled by {who}")
+        return await self.job(job_id)
+
+    async def job_events(self, job_id: int) -> list[job_rows.JobEventRow]:
+        return await job_rows.events(self._db, job_id)
+
+    async def _jobs(self, rows: list[job_rows.JobRow]) -> list[Job]:
+        positions = await self.scheduler.positions() if any(row.state == "queued" for row in rows) else {}
+        names: dict[int, str] = {}
+        for project_id in {row.project_id for row in rows if row.project_id}:
+            project = await project_rows.get_by_id(self._db, project_id)
+            if project:
+                names[project_id] = project.name
+        return [
+            Job(
+                id=row.id, user_id=row.user_id, project_id=row.project_id,
+                project_name=names.get(row.project_id) if row.project_id else None, kind=row.kind,
+                title=self._kinds[row.kind].title if row.kind in self._kinds else row.kind, lane=row.lane,
+                state=row.state, position=positions.get(row.id) if row.state == "queued" else None,
+                progress=row.progress, result=row.result, error=row.error, attempts=row.attempts,
+                created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
+            )
+            for row in rows
+        ]
+
+    # --- status messages (where a front-end shows a job) -----------------------------------------
+
+    async def attach_status_message(self, job_id: int, channel_id: int, message_id: int) -> None:
+        await status_rows.put(self._db, job_id, channel_id, message_id)
+
+    async def status_message(self, job_id: int) -> StatusMessageRow | None:
+        return await status_rows.get(self._db, job_id)
+
+    async def mark_status_rendered(self, job_id: int, rendered: str) -> None:
+        await status_rows.mark_rendered(self._db, job_id, rendered)
+
+    # --- artifacts and download links -----------------------------------------------------------
+
+    async def artifacts(self, actor: Actor, project: str, kind: str | None = None) -> list[ArtifactRow]:
+        row = await self._own_project(actor, project)
+        return await artifact_rows.list_for_project(self._db, row.id, kind)
+
+    async def artifact_path(self, artifact: ArtifactRow) -> Path:
+        project = await project_rows.get_by_id(self._db, artifact.project_id)
+        if project is None:
+            raise NotFound("that file's project was deleted")
+        return self.layout.project(project.user_id, project.dir_name).root / artifact.path
+
+    async def download_link(self, actor: Actor, artifact_id: int) -> str:
+        artifact = await artifact_rows.get(self._db, artifact_id)
+        project = await project_rows.get_by_id(self._db, artifact.project_id) if artifact else None
+        if artifact is None or project is None or project.user_id != actor.user_id:
+            raise NotFound("that file does not exist or is not yours")
+        expires_at = int(time.time() + self.config.web.link_ttl_hours * 3600)
+        token_id = new_token_id()
+        async with self._db.transaction() as tx:
+            await artifact_rows.insert_link(tx, token_id, artifact_id, actor.user_id, expires_at)
+        return f"{self.config.web_base_url}/d/{self.links.sign(token_id, expires_at)}"
+
+    async def resolve_download(self, token: str) -> Path | None:
+        """The file behind a download token, or None if it is forged, expired, revoked or gone."""
+        now = time.time()
+        parsed = self.links.verify(token, now)
+        if parsed is None:
+            return None
+        artifact = await artifact_rows.link_artifact(self._db, parsed.token_id, now)
+        if artifact is None:
+            return None
+        path = await self.artifact_path(artifact)
+        return path if path.is_file() else None
+
+    # --- maintenance and health -----------------------------------------------------------------
+
+    async def run_maintenance(self) -> dict[str, int]:
+        """Deletes finished jobs past retention (with their logs) and expired download links."""
+        now = time.time()
+        cutoff = now - self.config.retention.finished_jobs_days * 86400
+        async with self._db.transaction() as tx:
+            old_jobs = await job_rows.delete_finished_before(tx, cutoff)
+            expired = await artifact_rows.delete_expired_links(tx, now)
+        for job_id in old_jobs:
+            self.layout.job_log(job_id).unlink(missing_ok=True)
+        return {"jobs_removed": len(old_jobs), "links_expired": expired}
+
+    async def health(self) -> dict[str, Any]:
+        jobs = await job_rows.list_jobs(self._db)
+        return {
+            "ok": True,
+            "schema_version": await self._db.schema_version(),
+            "queued": sum(job.state == "queued" for job in jobs),
+            "running": sum(job.state == "running" for job in jobs),
+        }
+
+    async def get_setting(self, key: str) -> str | None:
+        return await setting_rows.get(self._db, key)
+
+    async def put_setting(self, key: str, value: str) -> None:
+        await setting_rows.put(self._db, key, value)

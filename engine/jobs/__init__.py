@@ -1,0 +1,49 @@
+"""The kinds of job the engine can run. Each kind names the function a worker process runs
+(`module:function`), its lane, and whether re-running it after an interruption is safe.
+
+Extra kinds can be plugged in with LORABAKE_JOB_PLUGINS=module[,module…]; each module exposes
+`JOB_KINDS: list[JobKind]`. The test-suite uses this for jobs whose timing it controls."""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+from engine.errors import Invalid
+
+Lane = Literal["gpu", "cpu"]
+PLUGINS_ENV = "LORABAKE_JOB_PLUGINS"
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    title: str
+    lane: Lane
+    entry: str                  # "package.module:function", run inside the worker process
+    priority: int = 0           # short jobs get 1 so they do not wait behind long trainings
+    resumable: bool = True      # safe to start again after the process died mid-run
+    needs_project: bool = True
+
+
+BUILTIN_KINDS = [
+    JobKind("check", "System check", "gpu", "engine.jobs.check:run", priority=1, needs_project=False),
+]
+
+
+def load_kinds(env: dict[str, str] | None = None) -> dict[str, JobKind]:
+    env = dict(os.environ) if env is None else env
+    kinds = {kind.name: kind for kind in BUILTIN_KINDS}
+    for module_name in filter(None, (name.strip() for name in env.get(PLUGINS_ENV, "").split(","))):
+        module = importlib.import_module(module_name)
+        for kind in module.JOB_KINDS:
+            kinds[kind.name] = kind
+    return kinds
+
+
+def require_kind(kinds: dict[str, JobKind], name: str) -> JobKind:
+    try:
+        return kinds[name]
+    except KeyError:
+        raise Invalid(f"unknown job kind {name!r} (known: {', '.join(sorted(kinds))})") from None

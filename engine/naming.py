@@ -1,0 +1,56 @@
+"""Rules for what members type: project names, trigger words, classes. Each check returns the cleaned
+value or raises Invalid with a message that says how to fix it."""
+from __future__ import annotations
+
+import re
+
+from engine.errors import Invalid
+
+PROJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
+TRIGGER_MAX = 40
+CLASS_MAX = 40
+
+
+def project_name(value: str) -> str:
+    value = value.strip()
+    if not PROJECT_NAME.match(value) or value.endswith("."):
+        raise Invalid(
+            f"project name {value!r} is not allowed: use 1–40 letters, digits, '-', '_' or '.', "
+            "starting with a letter or digit (for example XingBar30)"
+        )
+    return value
+
+
+def trigger_word(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise Invalid("the trigger word is empty: pick a made-up word such as XingBar")
+    if "," in value:
+        raise Invalid(f"trigger word {value!r} contains a comma, which splits it into two tags: remove the comma")
+    if any(ch.isspace() for ch in value):
+        joined = "".join(value.split())
+        raise Invalid(f"trigger word {value!r} contains spaces; use one word such as {joined!r}")
+    if len(value) > TRIGGER_MAX:
+        raise Invalid(f"trigger word is {len(value)} characters long; keep it to {TRIGGER_MAX} or fewer")
+    return value
+
+
+def class_name(value: str) -> str:
+    value = " ".join(value.split())
+    if not value:
+        raise Invalid("the class is empty: say what the character is, e.g. man, woman or 1girl")
+    if "," in value:
+        raise Invalid(f"class {value!r} contains a comma: use a single class such as man, woman or 1girl")
+    if len(value) > CLASS_MAX:
+        raise Invalid(f"class is {len(value)} characters long; keep it to {CLASS_MAX} or fewer")
+    return value
+
+
+def unique_dir_name(name: str, taken: set[str]) -> str:
+    """The folder for a new project: its name, or name-2, name-3… if an old folder has that name."""
+    candidate, n = name, 1
+    lowered = {entry.lower() for entry in taken}
+    while candidate.lower() in lowered:
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate

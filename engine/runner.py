@@ -1,0 +1,118 @@
+"""Runs one job in a worker subprocess and turns its output into events and an outcome."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.jobs.context import JobSpec
+
+STDERR_TAIL_LINES = 20
+
+
+@dataclass
+class Outcome:
+    state: str                      # done | failed
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    log_tail: list[str] = field(default_factory=list)
+
+
+class WorkerProcess:
+    def __init__(self, process: asyncio.subprocess.Process, log_path: Path) -> None:
+        self.process = process
+        self.log_path = log_path
+        self._tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @classmethod
+    async def spawn(cls, spec: JobSpec, log_path: Path, env: dict[str, str] | None = None) -> WorkerProcess:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "engine.worker",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # its own process group: cancel kills its children too
+            limit=2**20,
+        )
+        assert process.stdin is not None
+        process.stdin.write((spec.to_json() + "\n").encode())
+        await process.stdin.drain()
+        return cls(process, log_path)
+
+    async def run(self, on_event: Callable[[dict[str, Any]], Awaitable[None]]) -> Outcome:
+        """Streams events to `on_event` until the process exits; returns how it ended."""
+        final: dict[str, Any] | None = None
+        stderr_task = asyncio.create_task(self._drain_stderr())
+        assert self.process.stdout is not None
+        async for raw in self.process.stdout:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                self._tail.append(raw.decode(errors="replace").rstrip())
+                continue
+            if event.get("type") in ("done", "failed"):
+                final = event
+            else:
+                await on_event(event)
+        code = await self.process.wait()
+        await stderr_task
+        tail = list(self._tail)
+        if final is not None and final["type"] == "done":
+            return Outcome("done", result=final.get("result") or {}, log_tail=tail)
+        if final is not None:
+            return Outcome("failed", error=final.get("error") or "the job failed", log_tail=tail)
+        return Outcome("failed", error=_describe_crash(code), log_tail=tail)
+
+    async def _drain_stderr(self) -> None:
+        assert self.process.stderr is not None
+        with self.log_path.open("ab") as log:
+            async for raw in self.process.stderr:
+                log.write(raw)
+                line = raw.decode(errors="replace").rstrip()
+                if line:
+                    self._tail.append(line)
+
+    async def kill(self, grace_s: float) -> None:
+        """SIGTERM to the worker's process group, SIGKILL if it is still there after `grace_s`."""
+        if self.process.returncode is not None:
+            return
+        _signal_group(self.process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), grace_s)
+        except TimeoutError:
+            _signal_group(self.process.pid, signal.SIGKILL)
+            await self.process.wait()
+
+    def close_stdin(self) -> None:
+        if self.process.stdin is not None and not self.process.stdin.is_closing():
+            self.process.stdin.close()
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _describe_crash(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        if -code == signal.SIGKILL:
+            return f"the worker process was killed ({name}); the machine may have run out of memory"
+        return f"the worker process crashed ({name})"
+    return f"the worker process exited with code {code} before finishing"

@@ -1,0 +1,319 @@
+"""The persistent job queue: one GPU lane running one job at a time and a CPU lane beside it.
+
+Jobs live in the database, so a restart loses nothing: on start, jobs that were running when the
+process died are re-queued (if they may run again) or failed with a reason. Each lane picks its next
+job in fair-share order (engine.fairshare) and runs it in a worker subprocess (engine.runner).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.config import QueueConfig
+from engine.errors import UserError
+from engine.events import EventBus
+from engine.fairshare import fair_order
+from engine.jobs import JobKind
+from engine.jobs.context import JobSpec
+from engine.records import EngineEvent
+from engine.runner import WorkerProcess
+from storage import artifacts as artifact_rows
+from storage import jobs as job_rows
+from storage import projects as project_rows
+from storage.db import Database
+from storage.layout import DataLayout
+
+log = logging.getLogger(__name__)
+
+LANES = ("gpu", "cpu")
+PROGRESS_EVENT_INTERVAL_S = 1.0  # progress is kept on the job row always, in job_events at most this often
+# Another process (the CLI) may enqueue or cancel through the database; the lanes look this often.
+DB_POLL_S = 2.0
+
+
+class SchedulerBusy(UserError):
+    pass
+
+
+class Scheduler:
+    def __init__(self, db: Database, layout: DataLayout, config: QueueConfig, kinds: dict[str, JobKind],
+                 bus: EventBus) -> None:
+        self._db = db
+        self._layout = layout
+        self._config = config
+        self._kinds = kinds
+        self._bus = bus
+        self._wake = {lane: asyncio.Event() for lane in LANES}
+        self._loops: list[asyncio.Task[None]] = []
+        self._running: dict[int, WorkerProcess] = {}
+        self._cancelled: set[int] = set()
+        self._lock_file: int | None = None
+
+    async def start(self) -> None:
+        self._take_lock()
+        await self.recover()
+        self._loops = [asyncio.create_task(self._lane_loop(lane), name=f"lane-{lane}") for lane in LANES]
+
+    def _take_lock(self) -> None:
+        """One scheduler per data folder: two would both run the GPU lane, and each would think the
+        other's running jobs were left over from a crash. The lock dies with the process."""
+        path = self._layout.root / "scheduler.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SchedulerBusy(
+                f"another lorabake process is running jobs from {self._layout.root} (probably the bot): "
+                "stop it first, or queue the job through Discord"
+            ) from None
+        self._lock_file = fd
+
+    async def stop(self) -> None:
+        """Stops the lanes; running jobs are killed and go back to the queue for the next start."""
+        for task in self._loops:
+            task.cancel()
+        for task in self._loops:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._loops = []
+        if self._lock_file is not None:
+            os.close(self._lock_file)  # closing the descriptor releases the flock
+            self._lock_file = None
+
+    def wake(self, lane: str) -> None:
+        self._wake[lane].set()
+
+    # --- recovery -------------------------------------------------------------------------------
+
+    async def recover(self) -> list[int]:
+        """Deals with jobs left 'running' by a process that died. Returns their ids."""
+        stale = await job_rows.list_jobs(self._db, states=("running",))
+        for job in stale:
+            _kill_stale_worker(job.worker_pid)
+            kind = self._kinds.get(job.kind)
+            if kind is not None and kind.resumable and job.attempts < self._config.max_attempts:
+                reason = (f"the bot restarted while this job was running; it is back in the queue "
+                          f"(attempt {job.attempts + 1} of {self._config.max_attempts})")
+                async with self._db.transaction() as tx:
+                    await job_rows.requeue(tx, job.id, reason)
+                    await job_rows.add_event(tx, job.id, "requeued", {"reason": reason})
+                self.publish("requeued", job.id, job.user_id, {"reason": reason})
+            else:
+                reason = ("the bot restarted while this job was running"
+                          + (f", and it had already been tried {job.attempts} times" if kind else
+                             f"; this lorabake no longer knows job kind {job.kind!r}")
+                          + ": start it again when you are ready")
+                await self._finish(job.id, job.user_id, "failed", error=reason)
+        return [job.id for job in stale]
+
+    # --- queue order ----------------------------------------------------------------------------
+
+    async def ordered(self, lane: str) -> list[job_rows.JobRow]:
+        queued = await job_rows.list_jobs(self._db, states=("queued",), lane=lane, limit=10_000)
+        return fair_order(queued, await job_rows.last_start_by_user(self._db, lane))
+
+    async def positions(self) -> dict[int, int]:
+        """job id → 1-based place among the queued jobs of its lane."""
+        places: dict[int, int] = {}
+        for lane in LANES:
+            for index, job in enumerate(await self.ordered(lane), start=1):
+                places[job.id] = index
+        return places
+
+    # --- cancel ---------------------------------------------------------------------------------
+
+    async def cancel(self, job_id: int, user_id: int, reason: str) -> bool:
+        """Cancels a queued or running job; False if it had already ended."""
+        self._cancelled.add(job_id)
+        if not await self._finish(job_id, user_id, "cancelled", error=reason):
+            self._cancelled.discard(job_id)
+            return False
+        worker = self._running.get(job_id)
+        if worker is not None:
+            await worker.kill(self._config.cancel_grace_s)
+        self.publish_positions()
+        return True
+
+    # --- running --------------------------------------------------------------------------------
+
+    async def _lane_loop(self, lane: str) -> None:
+        while True:
+            self._wake[lane].clear()
+            order = await self.ordered(lane)
+            if not order:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake[lane].wait(), DB_POLL_S)
+                continue
+            try:
+                await self._run(order[0])
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not stop the lane for everyone
+                log.exception("lane %s: job %s could not be run", lane, order[0].id)
+                await self._finish(order[0].id, order[0].user_id, "failed",
+                                   error="lorabake hit an internal error starting this job (see the bot's log)")
+
+    async def _run(self, job: job_rows.JobRow) -> None:
+        kind = self._kinds.get(job.kind)
+        if kind is None:
+            await self._finish(job.id, job.user_id, "failed", error=f"unknown job kind {job.kind!r}")
+            return
+        project = await project_rows.get_by_id(self._db, job.project_id) if job.project_id else None
+        if kind.needs_project and project is None:
+            await self._finish(job.id, job.user_id, "failed", error="the project of this job was deleted")
+            return
+        async with self._db.transaction() as tx:
+            await job_rows.mark_running(tx, job.id, None)
+            await job_rows.add_event(tx, job.id, "started", {"attempt": job.attempts + 1})
+        self.publish("started", job.id, job.user_id, {"attempt": job.attempts + 1})
+        self.publish_positions()
+
+        project_dir = self._layout.project(project.user_id, project.dir_name).root if project else None
+        spec = JobSpec(job.id, job.kind, kind.entry, job.params, str(self._layout.root),
+                       str(project_dir) if project_dir else None, job.attempts + 1)
+        worker = await WorkerProcess.spawn(spec, self._layout.job_log(job.id))
+        self._running[job.id] = worker
+        try:
+            async with self._db.transaction() as tx:
+                await job_rows.set_pid(tx, job.id, worker.pid)
+            reporter = _EventRecorder(self, self._db, job, project_dir)
+            watcher = asyncio.create_task(self._watch_for_outside_cancel(job, worker))
+            try:
+                outcome = await worker.run(reporter.record)
+            finally:
+                watcher.cancel()
+        except asyncio.CancelledError:
+            # The engine is shutting down: stop the worker, and give the job back to the queue
+            # without counting this attempt against it.
+            await asyncio.shield(self._interrupt(job, worker))
+            raise
+        finally:
+            self._running.pop(job.id, None)
+        if job.id in self._cancelled:
+            self._cancelled.discard(job.id)
+            return
+        if outcome.state == "done":
+            await self._finish(job.id, job.user_id, "done", result=outcome.result)
+        else:
+            await self._finish(job.id, job.user_id, "failed", error=outcome.error,
+                               extra={"log_tail": outcome.log_tail[-8:]})
+
+    async def _watch_for_outside_cancel(self, job: job_rows.JobRow, worker: WorkerProcess) -> None:
+        """A job cancelled by another process (the CLI) only changes its row: notice, and stop it."""
+        while True:
+            await asyncio.sleep(DB_POLL_S)
+            row = await job_rows.get(self._db, job.id)
+            if row is None or row.state != "running":
+                self._cancelled.add(job.id)
+                await worker.kill(self._config.cancel_grace_s)
+                if row is not None:
+                    self.publish(row.state, job.id, job.user_id, {"error": row.error or ""})
+                return
+
+    async def _interrupt(self, job: job_rows.JobRow, worker: WorkerProcess) -> None:
+        worker.close_stdin()
+        await worker.kill(self._config.cancel_grace_s)
+        reason = "the bot was stopped while this job was running; it is back in the queue"
+        async with self._db.transaction() as tx:
+            await job_rows.requeue(tx, job.id, reason)
+            await tx.execute("UPDATE jobs SET attempts = MAX(attempts - 1, 0) WHERE id = ?", (job.id,))
+            await job_rows.add_event(tx, job.id, "requeued", {"reason": reason})
+
+    async def _finish(self, job_id: int, user_id: int, state: str, *, error: str | None = None,
+                      result: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> bool:
+        data: dict[str, Any] = {**(extra or {})}
+        if error:
+            data["error"] = error
+        if result is not None:
+            data["result"] = result
+        async with self._db.transaction() as tx:
+            changed = await job_rows.finish(tx, job_id, state, error=error, result=result)
+            if changed:
+                await job_rows.add_event(tx, job_id, state, data)
+        if changed:
+            self.publish(state, job_id, user_id, data)
+        return changed
+
+    def publish(self, event_type: str, job_id: int, user_id: int, data: dict[str, Any]) -> None:
+        self._bus.publish(EngineEvent(event_type, job_id, user_id, data, time.time()))
+
+    def publish_positions(self) -> None:
+        self._bus.publish(EngineEvent("positions", 0, 0, {}, time.time()))
+
+
+class _EventRecorder:
+    """Turns one running job's worker events into rows and published events."""
+
+    def __init__(self, scheduler: Scheduler, db: Database, job: job_rows.JobRow, project_dir: Path | None) -> None:
+        self._scheduler = scheduler
+        self._db = db
+        self._job = job
+        self._project_dir = project_dir
+        self._last_progress_row = 0.0
+
+    async def record(self, event: dict[str, Any]) -> None:
+        db = self._db
+        event_type = str(event.pop("type", "log"))
+        ts = float(event.pop("ts", time.time()))
+        if event_type == "progress":
+            async with db.transaction() as tx:
+                await job_rows.set_progress(tx, self._job.id, event)
+                if ts - self._last_progress_row >= PROGRESS_EVENT_INTERVAL_S:
+                    self._last_progress_row = ts
+                    await job_rows.add_event(tx, self._job.id, "progress", event, ts)
+        elif event_type == "artifact":
+            event = await self._register_artifact(event)
+            async with db.transaction() as tx:
+                await job_rows.add_event(tx, self._job.id, "artifact", event, ts)
+        else:
+            event_type = "log"
+            async with db.transaction() as tx:
+                await job_rows.add_event(tx, self._job.id, "log", event, ts)
+        self._scheduler.publish(event_type, self._job.id, self._job.user_id, event)
+
+    async def _register_artifact(self, event: dict[str, Any]) -> dict[str, Any]:
+        path = Path(event["path"])
+        if self._project_dir is None or self._job.project_id is None or not path.is_file():
+            return {**event, "registered": False}
+        relative = path.resolve().relative_to(self._project_dir.resolve()).as_posix()
+        digest = await asyncio.to_thread(_sha256, path)
+        async with self._db.transaction() as tx:
+            artifact_id = await artifact_rows.upsert(
+                tx, project_id=self._job.project_id, job_id=self._job.id, kind=str(event.get("kind", "file")),
+                path=relative, size=path.stat().st_size, sha256=digest,
+            )
+        return {**event, "path": relative, "artifact_id": artifact_id, "registered": True}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _kill_stale_worker(pid: int | None) -> None:
+    """A worker of a dead bot normally exits by itself (its stdin closed); make sure, without ever
+    signalling a process that is not one of ours (the pid may have been reused)."""
+    if not pid:
+        return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return
+    if b"engine.worker" in cmdline:
+        try:
+            os.killpg(pid, 9)
+        except (ProcessLookupError, PermissionError):
+            pass

@@ -1,0 +1,61 @@
+"""Job kinds whose timing the tests control, plugged in through LORABAKE_JOB_PLUGINS=tests.jobkinds.
+They run in the real worker process, through the real scheduler; only what they do is test-made."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.jobs import JobKind
+from engine.jobs.context import JobContext, JobFailed
+
+JOB_KINDS = [
+    JobKind("hold", "Held job", "gpu", "tests.jobkinds:hold", needs_project=False),
+    JobKind("hold_cpu", "Held CPU job", "cpu", "tests.jobkinds:hold", needs_project=False),
+    JobKind("quick", "Quick job", "gpu", "tests.jobkinds:quick", needs_project=False),
+    JobKind("artifact", "File maker", "cpu", "tests.jobkinds:artifact"),
+    JobKind("crash", "Crashing job", "gpu", "tests.jobkinds:crash", needs_project=False),
+    JobKind("fail", "Failing job", "gpu", "tests.jobkinds:fail", needs_project=False),
+    JobKind("once", "Not resumable", "gpu", "tests.jobkinds:hold", resumable=False, needs_project=False),
+]
+
+
+def hold(ctx: JobContext) -> dict[str, Any]:
+    """Reports that it started, then waits until the file named by params['gate'] exists."""
+    gate = Path(ctx.params["gate"])
+    ctx.progress(1, 2, "holding", pid=os.getpid())
+    Path(f"{gate}.started").write_text(str(os.getpid()))
+    deadline = time.monotonic() + float(ctx.params.get("timeout", 60))
+    while not gate.exists():
+        if time.monotonic() > deadline:
+            raise JobFailed("gate never opened")
+        time.sleep(0.02)
+    ctx.progress(2, 2, "released")
+    return {"released": True, "attempt": ctx.spec.attempt}
+
+
+def quick(ctx: JobContext) -> dict[str, Any]:
+    print("library noise on stdout must not break the event stream")
+    ctx.log("quick job ran")
+    return {"n": ctx.params.get("n", 0)}
+
+
+def artifact(ctx: JobContext) -> dict[str, Any]:
+    path = ctx.project_dir / "output" / "file.bin"
+    path.write_bytes(os.urandom(int(ctx.params.get("size", 1024))))
+    ctx.artifact("lora", path)
+    return {}
+
+
+def crash(ctx: JobContext) -> dict[str, Any]:
+    import sys
+
+    print("about to crash: last words", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGSEGV)
+    return {}
+
+
+def fail(ctx: JobContext) -> dict[str, Any]:
+    raise JobFailed("CUDA ran out of memory: lower the batch size or turn on gradient checkpointing")

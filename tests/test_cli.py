@@ -1,0 +1,255 @@
+"""The `lorabake` command as a program: real subprocesses of the installed entry point, run in a fresh
+folder (so the default config and ./data are used), their exit codes, stdout JSON and stderr lines."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.config import Config
+from engine.facade import Engine
+from storage.migrations import LATEST_VERSION
+from tests.conftest import ALICE, ALICE_ACTOR, REPO
+
+LORABAKE = REPO / ".venv" / "bin" / "lorabake"
+if not LORABAKE.exists():  # another venv layout: the entry point next to this interpreter
+    LORABAKE = Path(sys.executable).with_name("lorabake")
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("LORABAKE_DISCORD_TOKEN", "DISCORD_TOKEN")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env["LORABAKE_JOB_PLUGINS"] = "tests.jobkinds"
+    return env
+
+
+def lorabake(cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(LORABAKE), *args], cwd=cwd, env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def ok_json(cwd: Path, *args: str):
+    done = lorabake(cwd, *args, "--json")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    return json.loads(done.stdout)
+
+
+def _one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, f"expected one line, got: {text!r}"
+    return lines[0]
+
+
+def _default_config(cwd: Path) -> Config:
+    """The config the CLI uses when run in `cwd` without a config.toml."""
+    return Config(data_dir=cwd / "data")
+
+
+# --- projects -------------------------------------------------------------------------------------
+
+
+def test_project_lifecycle(tmp_path: Path) -> None:
+    created = ok_json(tmp_path, "projects", "new", "XingBar", "xgbar", "1girl")
+    assert {k: created[k] for k in ("name", "trigger", "class_name", "user_id", "train_images", "active_jobs")} == {
+        "name": "XingBar", "trigger": "xgbar", "class_name": "1girl", "user_id": 0, "train_images": 0,
+        "active_jobs": 0}
+    root = Path(created["path"])
+    assert root == tmp_path / "data" / "users" / "0" / "XingBar"
+    assert sorted(p.name for p in root.iterdir()) == ["dataset", "output", "reg", "samples"]
+    assert (tmp_path / "data" / "lorabake.db").is_file()
+
+    ok_json(tmp_path, "projects", "new", "Other", "oth", "man", "--user", str(ALICE))
+    listed = ok_json(tmp_path, "projects", "list")
+    assert [p["name"] for p in listed] == ["XingBar"]  # user 0 sees only its own
+    assert [p["name"] for p in ok_json(tmp_path, "projects", "list", "--user", str(ALICE))] == ["Other"]
+
+    info = ok_json(tmp_path, "projects", "info", "xingbar")  # names are case-insensitive
+    assert info["id"] == created["id"] and info["path"] == created["path"]
+
+    renamed = ok_json(tmp_path, "projects", "rename", "XingBar", "XingBar2")
+    assert renamed["name"] == "XingBar2" and renamed["id"] == created["id"]
+    assert Path(renamed["path"]) == root and root.is_dir()  # the folder keeps its name
+
+    deleted = ok_json(tmp_path, "projects", "delete", "XingBar2")
+    assert deleted["id"] == created["id"]
+    assert not root.exists()
+    assert ok_json(tmp_path, "projects", "list") == []
+    assert (tmp_path / "data" / "users" / str(ALICE) / "Other").is_dir()
+
+
+def test_text_output_without_json(tmp_path: Path) -> None:
+    done = lorabake(tmp_path, "projects", "new", "Plain", "pl", "man")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("created Plain: trigger pl, class man")
+    assert str(tmp_path / "data" / "users" / "0" / "Plain") in done.stdout
+
+
+def test_bad_project_name_is_exit_1_with_one_error_line(tmp_path: Path) -> None:
+    done = lorabake(tmp_path, "projects", "new", "bad name!", "xg", "man")
+    assert done.returncode == 1
+    line = _one_line(done.stderr)
+    assert line.startswith("error: ") and "'bad name!'" in line and "not allowed" in line
+    assert done.stdout == ""
+
+    done = lorabake(tmp_path, "projects", "new", "bad name!", "xg", "man", "--json")
+    assert done.returncode == 1
+    answer = json.loads(done.stdout)
+    assert answer["ok"] is False and "'bad name!'" in answer["error"]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "data" / "users" / "0" / "bad name!").exists()
+
+
+def test_unknown_project_and_clash_are_user_errors(tmp_path: Path) -> None:
+    done = lorabake(tmp_path, "projects", "info", "Nope", "--json")
+    assert done.returncode == 1 and "Nope" in json.loads(done.stdout)["error"]
+    ok_json(tmp_path, "projects", "new", "Twin", "tw", "man")
+    done = lorabake(tmp_path, "projects", "new", "twin", "tw", "man")
+    assert done.returncode == 1
+    assert _one_line(done.stderr).startswith("error: you already have a project called twin")
+
+
+# --- config and start-up errors -------------------------------------------------------------------
+
+
+def test_bad_config_is_exit_2_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text("[web]\nport = \"eighty\"\n")
+    done = lorabake(tmp_path, "projects", "list")
+    assert done.returncode == 2
+    line = _one_line(done.stderr)
+    assert line.startswith("config error: ") and "[web] port" in line
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert not (tmp_path / "data").exists()  # nothing was touched
+
+    done = lorabake(tmp_path, "projects", "list", "--config", str(tmp_path / "missing.toml"))
+    assert done.returncode == 2
+    line = _one_line(done.stderr)
+    assert line.startswith("config error: ") and "missing.toml" in line
+
+
+def test_explicit_config_file_is_used(tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "lb.toml").write_text('data_dir = "store"\n[queue]\nmax_projects_per_user = 1\n')
+    created = ok_json(tmp_path, "projects", "new", "One", "o", "man", "--config", "conf/lb.toml")
+    assert Path(created["path"]) == tmp_path / "conf" / "store" / "users" / "0" / "One"
+    done = lorabake(tmp_path, "projects", "new", "Two", "t", "man", "--config", "conf/lb.toml")
+    assert done.returncode == 1 and "1 projects" in done.stderr
+
+
+def test_options_before_the_action_are_not_ignored(tmp_path: Path) -> None:
+    (tmp_path / "lb.toml").write_text('data_dir = "elsewhere"\n')
+    done = lorabake(tmp_path, "projects", "--config", "lb.toml", "--json", "new", "P", "p", "man")
+    assert done.returncode == 0, done.stderr
+    assert Path(json.loads(done.stdout)["path"]).parent.parent.parent == tmp_path / "elsewhere"
+
+
+def test_run_without_token_points_to_demo(tmp_path: Path) -> None:
+    done = lorabake(tmp_path, "run")
+    assert done.returncode == 2
+    assert "LORABAKE_DISCORD_TOKEN" in done.stderr and "lorabake demo" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_database_newer_than_code_is_a_clear_error(tmp_path: Path) -> None:
+    ok_json(tmp_path, "projects", "list")
+    with sqlite3.connect(tmp_path / "data" / "lorabake.db") as raw:
+        raw.execute(f"PRAGMA user_version = {LATEST_VERSION + 1}")
+    done = lorabake(tmp_path, "projects", "list")
+    assert done.returncode in (1, 2)
+    assert "Traceback" not in done.stderr
+    assert "schema version" in _one_line(done.stderr)
+
+
+def test_data_dir_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "config.toml").write_text('data_dir = "afile"\n')
+    done = lorabake(tmp_path, "projects", "list")
+    assert done.returncode in (1, 2)
+    assert "Traceback" not in done.stderr
+    assert "afile" in _one_line(done.stderr)
+
+
+# --- queue and cancel -----------------------------------------------------------------------------
+
+
+async def _enqueue(config: Config, *kinds: str) -> list[int]:
+    engine = await Engine.open(config)  # no scheduler: the jobs stay queued
+    try:
+        await engine.create_project(ALICE_ACTOR, "Xing", "xg", "man")
+        return [(await engine.enqueue(ALICE_ACTOR, kind, "Xing" if kind == "artifact" else None)).id
+                for kind in kinds]
+    finally:
+        await engine.close()
+
+
+async def _job_state(config: Config, job_id: int) -> tuple[str, str | None]:
+    engine = await Engine.open(config)
+    try:
+        job = await engine.job(job_id)
+        return job.state, job.error
+    finally:
+        await engine.close()
+
+
+def test_queue_lists_jobs_enqueued_through_the_engine(tmp_path: Path) -> None:
+    config = _default_config(tmp_path)
+    quick, artifact = asyncio.run(_enqueue(config, "quick", "artifact"))
+
+    assert ok_json(tmp_path, "queue") == []  # user 0 has none
+    mine = ok_json(tmp_path, "queue", "--user", str(ALICE))
+    everyone = ok_json(tmp_path, "queue", "--all")
+    assert mine == everyone
+    by_id = {job["id"]: job for job in everyone}
+    assert set(by_id) == {quick, artifact}
+    assert by_id[quick]["kind"] == "quick" and by_id[quick]["title"] == "Quick job"
+    assert by_id[quick]["state"] == "queued" and by_id[quick]["lane"] == "gpu" and by_id[quick]["position"] == 1
+    assert by_id[artifact]["lane"] == "cpu" and by_id[artifact]["position"] == 1
+    assert by_id[artifact]["project_name"] == "Xing" and by_id[quick]["project_name"] is None
+    assert all(job["user_id"] == ALICE for job in everyone)
+
+    text = lorabake(tmp_path, "queue", "--all")
+    assert text.returncode == 0
+    assert f"#{quick} Quick job: queued #1 in gpu queue (user {ALICE})" in text.stdout
+
+
+def test_cancel_from_the_cli_while_no_scheduler_runs(tmp_path: Path) -> None:
+    config = _default_config(tmp_path)
+    keep, doomed = asyncio.run(_enqueue(config, "quick", "quick"))
+
+    cancelled = ok_json(tmp_path, "cancel", str(doomed))
+    assert cancelled["id"] == doomed and cancelled["state"] == "cancelled"
+    assert "admin" in cancelled["error"]  # the CLI acts as a server admin on someone else's job
+
+    state, error = asyncio.run(_job_state(config, doomed))
+    assert state == "cancelled" and error == cancelled["error"]
+    assert asyncio.run(_job_state(config, keep))[0] == "queued"
+    assert [job["id"] for job in ok_json(tmp_path, "queue", "--all")] == [keep]
+
+    again = lorabake(tmp_path, "cancel", str(doomed), "--json")
+    assert again.returncode == 1 and "already cancelled" in json.loads(again.stdout)["error"]
+    missing = lorabake(tmp_path, "cancel", "999")
+    assert missing.returncode == 1 and _one_line(missing.stderr).startswith("error: there is no job #999")
+
+
+# --- dev tools ------------------------------------------------------------------------------------
+
+
+def test_dev_tiny_models_writes_three_model_folders(tmp_path: Path) -> None:
+    paths = ok_json(tmp_path, "dev", "tiny-models", "models")
+    assert set(paths) == {"sd15", "sdxl", "tagger"}
+    for key in ("sd15", "sdxl"):
+        folder = tmp_path / paths[key]
+        assert folder.parent == tmp_path / "models"
+        index = json.loads((folder / "model_index.json").read_text())
+        assert {"unet", "vae", "text_encoder", "tokenizer", "scheduler"} <= set(index)
+        assert (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert "text_encoder_2" in json.loads((tmp_path / paths["sdxl"] / "model_index.json").read_text())
+    tagger = tmp_path / paths["tagger"]
+    assert (tagger / "model.onnx").stat().st_size > 0
+    assert (tagger / "selected_tags.csv").read_text().startswith("tag_id,name,category")
