@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from typing import Any
 
 from engine.config import Config
 from engine.facade import Engine
 from engine.records import Actor
-from storage.layout import DataLayout
 
 DEMO_USER = Actor(0, "demo", is_admin=True)
 
@@ -20,7 +20,7 @@ async def run_demo(config: Config, *, as_json: bool = False) -> int:
     from engine.devtools.tiny_models import write_tiny_models
 
     root = config.data_dir / "demo"
-    DataLayout(config.data_dir).discard(root)  # every demo starts from nothing
+    shutil.rmtree(root, ignore_errors=True)  # every demo starts from nothing
     demo_config = dataclasses.replace(config, data_dir=root, web=dataclasses.replace(config.web, enabled=False))
     steps: list[dict[str, Any]] = []
 

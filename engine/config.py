@@ -57,12 +57,47 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True)
+class IntakeConfig:
+    max_file_mb: float = field(default=50.0, metadata=_range(0.1, 1000))
+    # Decoded size limit: stops decompression bombs before Pillow allocates them.
+    max_pixels: int = field(default=50_000_000, metadata=_range(1_000_000, 400_000_000))
+    min_side: int = field(default=256, metadata=_range(16, 4096))
+    max_side: int = field(default=2048, metadata=_range(256, 8192))
+    near_duplicate_distance: int = field(default=6, metadata=_range(0, 32))
+    max_zip_entries: int = field(default=500, metadata=_range(1, 10_000))
+    max_zip_mb: float = field(default=1024.0, metadata=_range(1, 20_000))
+    max_zip_ratio: float = field(default=100.0, metadata=_range(2, 10_000))
+    max_images_per_project: int = field(default=300, metadata=_range(1, 10_000))
+    max_images_per_user: int = field(default=2000, metadata=_range(1, 1_000_000))
+
+
+DEFAULT_TAG_BLACKLIST = [
+    "virtual youtuber", "parody", "style parody", "official alternate costume", "official alternate hairstyle",
+    "official alternate hair length", "alternate costume", "alternate hairstyle", "alternate hair length",
+    "alternate hair color",
+]
+
+
+@dataclass(frozen=True)
+class TaggerConfig:
+    model: str = "SmilingWolf/wd-vit-tagger-v3"
+    general_threshold: float = field(default=0.35, metadata=_range(0.0, 2.0))
+    character_threshold: float = field(default=0.85, metadata=_range(0.0, 2.0))
+    include_ratings: bool = False
+    blacklist: list[str] = field(default_factory=lambda: list(DEFAULT_TAG_BLACKLIST))
+    batch_size: int = field(default=8, metadata=_range(1, 256))
+    cache_dir: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("data")
     discord: DiscordConfig = field(default_factory=DiscordConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     web: WebConfig = field(default_factory=WebConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    intake: IntakeConfig = field(default_factory=IntakeConfig)
+    tagger: TaggerConfig = field(default_factory=TaggerConfig)
 
     @property
     def web_base_url(self) -> str:
@@ -118,6 +153,7 @@ def _build(cls: type, raw: dict[str, Any], where: str, section: str) -> Any:
 
 _SECTIONS: dict[str, type] = {
     "discord": DiscordConfig, "queue": QueueConfig, "web": WebConfig, "retention": RetentionConfig,
+    "intake": IntakeConfig, "tagger": TaggerConfig,
 }
 
 
@@ -138,6 +174,10 @@ def _check_value(spec: dataclasses.Field, value: Any, key: str) -> Any:
     if kind == "list[int]":
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
             raise ConfigError(f"{key} must be a list of Discord ids (numbers without quotes), got {value!r}")
+        return value
+    if kind == "list[str]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} must be a list of strings in quotes, got {value!r}")
         return value
     if kind in ("int", "float"):
         numeric = (int,) if kind == "int" else (int, float)

@@ -253,3 +253,16 @@ def test_dev_tiny_models_writes_three_model_folders(tmp_path: Path) -> None:
     tagger = tmp_path / paths["tagger"]
     assert (tagger / "model.onnx").stat().st_size > 0
     assert (tagger / "selected_tags.csv").read_text().startswith("tag_id,name,category")
+
+
+def test_demo_runs_the_journey_without_discord(tmp_path: Path) -> None:
+    summary = ok_json(tmp_path, "demo")
+    assert summary["ok"] is True
+    steps = {step["step"].split(" #")[0]: step for step in summary["steps"]}
+    assert Path(steps["tiny models written"]["sd15"], "model_index.json").is_file()
+    assert Path(steps["project created"]["folder"], "dataset").is_dir()
+    check = next(step for step in summary["steps"] if step["step"].startswith("system check job"))
+    assert "done in a worker process" in check["step"] and check["torch"]
+    assert Path(summary["data_dir"]) == tmp_path / "data" / "demo"
+    again = ok_json(tmp_path, "demo")  # a second demo starts from nothing, it does not trip over the first
+    assert again["ok"] is True and len(list((tmp_path / "data" / "demo" / "users" / "0").iterdir())) == 1
