@@ -7,6 +7,7 @@ import re
 import discord
 
 from bot.access import actor_of
+from bot.render import TAGS_PER_PAGE, intake_embed, tag_page_embed
 from bot.replies import report_error
 
 
@@ -66,6 +67,65 @@ class CancelJobButton(ReportsErrors, discord.ui.DynamicItem[discord.ui.Button], 
         await interaction.followup.send(f"🛑 Job #{job.id} ({job.title}) was cancelled.", ephemeral=True)
 
 
+class TagsPageButton(ReportsErrors, discord.ui.DynamicItem[discord.ui.Button],
+                     template=r"lb:tags:(?P<project_id>\d+):(?P<kind>train|reg):(?P<page>\d+):(?P<label>prev|next)"):
+    def __init__(self, project_id: int, kind: str, page: int, label: str, *, disabled: bool = False) -> None:
+        self.project_id, self.kind, self.page = project_id, kind, page
+        super().__init__(discord.ui.Button(
+            label="◀ Previous" if label == "prev" else "Next ▶", style=discord.ButtonStyle.secondary,
+            disabled=disabled, custom_id=f"lb:tags:{project_id}:{kind}:{page}:{label}"))
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
+                             match: re.Match[str], /) -> TagsPageButton:
+        return cls(int(match["project_id"]), match["kind"], int(match["page"]), match["label"])
+
+    async def handle(self, interaction: discord.Interaction) -> None:
+        engine = interaction.client.engine  # type: ignore[attr-defined]
+        actor = actor_of(interaction)
+        project = await engine.get_project_by_id(actor, self.project_id)  # refuses other members' projects
+        stats = await engine.tag_stats(actor, project.name, self.kind)
+        await interaction.response.edit_message(embed=tag_page_embed(project.name, self.kind, stats, self.page),
+                                                view=tags_view(project.id, self.kind, self.page, len(stats)))
+
+
+def tags_view(project_id: int, kind: str, page: int, tag_count: int) -> discord.ui.View | None:
+    pages = max(1, -(-tag_count // TAGS_PER_PAGE))
+    if pages == 1:
+        return None
+    page = min(max(page, 0), pages - 1)
+    view = discord.ui.View(timeout=None)
+    view.add_item(TagsPageButton(project_id, kind, max(page - 1, 0), "prev", disabled=page == 0))
+    view.add_item(TagsPageButton(project_id, kind, min(page + 1, pages - 1), "next", disabled=page == pages - 1))
+    return view
+
+
+class AddToProjectSelect(ReportsErrors, discord.ui.DynamicItem[discord.ui.Select],
+                         template=r"lb:addmsg:(?P<token>\d+-[0-9a-f]+)"):
+    """The project picker shown by "Apps → Add to LoRA project"; the pictures wait in staging."""
+
+    def __init__(self, token: str, projects: list[str] | None = None) -> None:
+        self.token = token
+        options = [discord.SelectOption(label=name) for name in (projects or [])[:25]]
+        super().__init__(discord.ui.Select(placeholder="Add the pictures to…", options=options or
+                                           [discord.SelectOption(label="-")], custom_id=f"lb:addmsg:{token}"))
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Select,
+                             match: re.Match[str], /) -> AddToProjectSelect:
+        return cls(match["token"])
+
+    async def handle(self, interaction: discord.Interaction) -> None:
+        if not self.token.startswith(f"{interaction.user.id}-"):
+            await interaction.response.send_message("🚫 These pictures were picked by someone else.", ephemeral=True)
+            return
+        await interaction.response.defer()
+        project = self.item.values[0]
+        report = await interaction.client.engine.add_staged_images(  # type: ignore[attr-defined]
+            actor_of(interaction), self.token, project)
+        await interaction.edit_original_response(content=None, embed=intake_embed(project, report, []), view=None)
+
+
 def job_view(job_id: int, active: bool) -> discord.ui.View | None:
     """The buttons under a job's status message: Cancel while it can still be cancelled."""
     if not active:
@@ -81,4 +141,4 @@ def delete_view(project_id: int, owner: int) -> discord.ui.View:
     return view
 
 
-DYNAMIC_ITEMS = (ConfirmDeleteButton, CancelJobButton)
+DYNAMIC_ITEMS = (ConfirmDeleteButton, CancelJobButton, TagsPageButton, AddToProjectSelect)

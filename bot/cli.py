@@ -8,13 +8,16 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, load_config
-from engine.errors import UserError
+from engine.errors import Invalid, UserError
 from engine.facade import Engine
+from engine.intake import IncomingFile
 from engine.records import Actor, Job, Project
+from engine.scheduler import SchedulerBusy
 
 CLI_USER = 0  # projects made from the command line belong to this local user unless --user says otherwise
 
@@ -61,6 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = verbs.add_parser("cancel", parents=[common], help="cancel a job")
     cancel.add_argument("job", type=int)
     verbs.add_parser("check", parents=[common], help="run the system check job here and print what it finds")
+
+    images = verbs.add_parser("images", parents=[common], help="a project's pictures").add_subparsers(
+        dest="action", required=True)
+    add = images.add_parser("add", parents=[inner], help="add pictures or zips of pictures to a project")
+    add.add_argument("project")
+    add.add_argument("files", nargs="+", type=Path)
+    add.add_argument("--reg", action="store_true", help="add them as regularization pictures")
+    tag = verbs.add_parser("tag", parents=[common], help="caption a project's pictures with the WD14 tagger")
+    tag.add_argument("project")
+    tag.add_argument("--general-threshold", type=float, default=None)
+    tag.add_argument("--character-threshold", type=float, default=None)
+    tags = verbs.add_parser("tags", parents=[common], help="a project's tags, most common first")
+    tags.add_argument("project")
+    tags.add_argument("--reg", action="store_true", help="the regularization set's tags")
 
     dev = verbs.add_parser("dev", parents=[common], help="developer tools").add_subparsers(
         dest="action", required=True)
@@ -204,10 +221,46 @@ async def _cancel(engine: Engine, args: argparse.Namespace) -> int:
 
 
 async def _check(engine: Engine, args: argparse.Namespace) -> int:
-    job = await engine.run_here(_actor(args), "check")
+    job = await engine.run_here(lambda: engine.enqueue(_actor(args), "check"))
     _emit(args, job.to_dict(), "\n".join(f"{key}: {value}" for key, value in (job.result or {}).items())
           or _job_text(job))
     return 0 if job.state == "done" else 1
+
+
+async def _images_add(engine: Engine, args: argparse.Namespace) -> int:
+    files = []
+    for path in args.files:
+        if not path.is_file():
+            raise Invalid(f"{path}: no such file")
+        files.append(IncomingFile(path.name, path.read_bytes()))
+    report = await engine.add_images(_actor(args), args.project, files, "reg" if args.reg else "train")
+    data = {"accepted": [asdict(item) for item in report.accepted], "rejected": [asdict(item) for item in report.rejected]}
+    lines = [f"added {item.name} as {item.filename}" + (f" ({', '.join(item.notes)})" if item.notes else "")
+             for item in report.accepted] + [f"refused {item.name}: {item.reason}" for item in report.rejected]
+    _emit(args, data, "\n".join(lines + [report.summary()]))
+    return 0 if report.accepted or not report.rejected else 1
+
+
+async def _tag(engine: Engine, args: argparse.Namespace) -> int:
+    def start() -> Awaitable[Job]:
+        return engine.tag(_actor(args), args.project, general_threshold=args.general_threshold,
+                          character_threshold=args.character_threshold)
+
+    try:
+        job = await engine.run_here(start)
+    except SchedulerBusy:
+        job = await start()  # the running bot picks it up
+        _emit(args, job.to_dict(), f"queued as job #{job.id}; the running bot will tag the pictures")
+        return 0
+    _emit(args, job.to_dict(), _job_text(job) + ("\n" + json.dumps(job.result, indent=2) if job.result else ""))
+    return 0 if job.state == "done" else 1
+
+
+async def _tags(engine: Engine, args: argparse.Namespace) -> int:
+    stats = await engine.tag_stats(_actor(args), args.project, "reg" if args.reg else "train")
+    _emit(args, [asdict(item) for item in stats],
+          "\n".join(f"{item.count:5d} {item.share:6.1%}  {item.tag}" for item in stats) or "no captions yet")
+    return 0
 
 
 _ENGINE_VERBS: dict[tuple[str, str | None], Callable[[Engine, argparse.Namespace], Awaitable[int]]] = {
@@ -219,6 +272,9 @@ _ENGINE_VERBS: dict[tuple[str, str | None], Callable[[Engine, argparse.Namespace
     ("queue", None): _queue,
     ("cancel", None): _cancel,
     ("check", None): _check,
+    ("images", "add"): _images_add,
+    ("tag", None): _tag,
+    ("tags", None): _tags,
 }
 
 

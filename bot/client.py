@@ -12,8 +12,10 @@ from discord.ext import commands
 
 from bot.access import AccessPolicy
 from bot.buttons import DYNAMIC_ITEMS
+from bot.cogs.pictures import PicturesCog
 from bot.cogs.projects import ProjectsCog
 from bot.cogs.queue import QueueCog
+from bot.cogs.tags import TagsCog
 from bot.replies import report_error
 from bot.status import StatusMessages
 from engine.config import Config
@@ -49,6 +51,8 @@ class LoraBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         await self.add_cog(ProjectsCog(self))
+        await self.add_cog(PicturesCog(self))
+        await self.add_cog(TagsCog(self))
         await self.add_cog(QueueCog(self))
         self.tree.add_command(self.lora)
         self.add_dynamic_items(*DYNAMIC_ITEMS)

@@ -10,7 +10,9 @@ import time
 from typing import Any
 
 from engine.config import Config
+from engine.devtools.pictures import picture
 from engine.facade import Engine
+from engine.intake import IncomingFile
 from engine.records import Actor
 
 DEMO_USER = Actor(0, "demo", is_admin=True)
@@ -21,7 +23,6 @@ async def run_demo(config: Config, *, as_json: bool = False) -> int:
 
     root = config.data_dir / "demo"
     shutil.rmtree(root, ignore_errors=True)  # every demo starts from nothing
-    demo_config = dataclasses.replace(config, data_dir=root, web=dataclasses.replace(config.web, enabled=False))
     steps: list[dict[str, Any]] = []
 
     def step(title: str, started: float, **facts: Any) -> None:
@@ -34,6 +35,9 @@ async def run_demo(config: Config, *, as_json: bool = False) -> int:
     models = write_tiny_models(root / "models")
     step("tiny models written", started, sd15=str(models.sd15), sdxl=str(models.sdxl), tagger=str(models.tagger))
 
+    demo_config = dataclasses.replace(
+        config, data_dir=root, web=dataclasses.replace(config.web, enabled=False),
+        tagger=dataclasses.replace(config.tagger, model=str(models.tagger), general_threshold=0.3))
     engine = await Engine.open(demo_config)
     try:
         started = time.monotonic()
@@ -41,7 +45,20 @@ async def run_demo(config: Config, *, as_json: bool = False) -> int:
         step("project created", started, name=project.name, trigger=project.trigger, folder=project.path)
 
         started = time.monotonic()
-        job = await engine.run_here(DEMO_USER, "check")
+        uploads = [IncomingFile(f"photo_{n:02d}.png", picture(n, size=(384, 448))) for n in range(8)]
+        uploads.append(IncomingFile("notes.png", b"a text file with a picture's name"))
+        report = await engine.add_images(DEMO_USER, project.name, uploads)
+        step("pictures added", started, accepted=len(report.accepted),
+             refused="; ".join(f"{item.name}: {item.reason}" for item in report.rejected))
+
+        started = time.monotonic()
+        tagged = await engine.run_here(lambda: engine.tag(DEMO_USER, project.name))
+        top = ", ".join(f"{s.tag} ×{s.count}" for s in (await engine.tag_stats(DEMO_USER, project.name))[:8])
+        step(f"tagging job #{tagged.id} {tagged.state}", started, provider=(tagged.result or {}).get("provider"),
+             top_tags=top, **({"error": tagged.error} if tagged.error else {}))
+
+        started = time.monotonic()
+        job = await engine.run_here(lambda: engine.enqueue(DEMO_USER, "check"))
         step(f"system check job #{job.id} {job.state} in a worker process", started, **(job.result or {}),
              **({"error": job.error} if job.error else {}))
     finally:

@@ -6,7 +6,9 @@ import datetime as dt
 
 import discord
 
+from engine.intake import IntakeReport, Rejected
 from engine.records import Job, Project
+from engine.tagging.analyze import TagCount
 
 STATE_STYLE = {
     "queued": ("⏳", discord.Colour.light_grey(), "waiting in the queue"),
@@ -61,10 +63,19 @@ def job_embed(job: Job) -> discord.Embed:
     if job.error:
         embed.add_field(name="Why" if job.state != "queued" else "Note", value=clip(job.error, 1024), inline=False)
     if job.state == "done" and job.result:
-        summary = "\n".join(f"**{key}**: {value}" for key, value in list(job.result.items())[:12])
-        embed.add_field(name="Result", value=clip(summary, 1024), inline=False)
+        embed.add_field(name="Result", value=clip(result_text(job.result), 1024), inline=False)
     embed.set_footer(text=f"job #{job.id} · attempt {max(job.attempts, 1)}")
     return embed
+
+
+def result_text(result: dict) -> str:
+    """A job's result as lines; a ranking like top_tags [[tag, count], …] becomes `tag` ×count."""
+    lines = []
+    for key, value in list(result.items())[:12]:
+        if isinstance(value, list) and all(isinstance(pair, list) and len(pair) == 2 for pair in value):
+            value = ", ".join(f"`{tag}` ×{count}" for tag, count in value)
+        lines.append(f"**{key.replace('_', ' ')}**: {value}")
+    return "\n".join(lines)
 
 
 def project_embed(project: Project) -> discord.Embed:
@@ -101,4 +112,51 @@ def queue_embed(jobs: list[Job], *, everyone: bool) -> discord.Embed:
         return embed
     lines = [job_line(job) + (f" · <@{job.user_id}>" if everyone else "") for job in jobs]
     embed.description = clip("\n".join(lines), 4096)
+    return embed
+
+
+def intake_embed(project: str, report: IntakeReport, refused_early: list[Rejected]) -> discord.Embed:
+    """Accepted/rejected counts, every refused file with its reason, and what was changed on the kept ones."""
+    rejected = refused_early + report.rejected
+    colour = discord.Colour.green() if not rejected else discord.Colour.orange()
+    embed = discord.Embed(title=clip(f"📥 {project}: {len(report.accepted)} added, {len(rejected)} refused", 256),
+                          colour=colour)
+    if rejected:
+        lines = [f"• `{clip(item.name, 60)}` — {item.reason}" for item in rejected]
+        embed.add_field(name="Refused", value=_lines_within(lines, 1024), inline=False)
+    changed = [f"• `{clip(item.name, 60)}` — {', '.join(item.notes)}" for item in report.accepted if item.notes]
+    if changed:
+        embed.add_field(name="Adjusted", value=_lines_within(changed, 1024), inline=False)
+    if report.accepted:
+        embed.description = "Next: `/lora tag` writes a caption for every picture."
+    elif not rejected:
+        embed.description = "No files came with that upload."
+    return embed
+
+
+def _lines_within(lines: list[str], limit: int) -> str:
+    """As many whole lines as fit, then how many more there were."""
+    shown: list[str] = []
+    for index, line in enumerate(lines):
+        more = f"\n…and {len(lines) - index} more"
+        if sum(len(s) + 1 for s in shown) + len(line) + len(more) > limit:
+            return "\n".join(shown) + more
+        shown.append(clip(line, limit - len(more) - 1))
+    return "\n".join(shown)
+
+
+TAGS_PER_PAGE = 20
+
+
+def tag_page_embed(project: str, kind: str, stats: list[TagCount], page: int) -> discord.Embed:
+    pages = max(1, -(-len(stats) // TAGS_PER_PAGE))
+    page = min(max(page, 0), pages - 1)
+    title = f"🏷️ {project} — {'training' if kind == 'train' else 'regularization'} tags"
+    embed = discord.Embed(title=clip(title, 256), colour=discord.Colour.gold())
+    if not stats:
+        embed.description = "No captions yet: run `/lora tag` first."
+        return embed
+    rows = stats[page * TAGS_PER_PAGE:(page + 1) * TAGS_PER_PAGE]
+    embed.description = clip("\n".join(f"`{clip(s.tag, 60)}` — {s.count} ({s.share:.0%})" for s in rows), 4096)
+    embed.set_footer(text=f"page {page + 1} of {pages} · {len(stats)} distinct tags")
     return embed

@@ -7,9 +7,13 @@ import logging
 import sqlite3
 import time
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from engine import naming
+from engine import intake, naming
+from engine.dataset import Staging, sweep_orphan_images
+from engine.intake import IncomingFile, IntakeReport
+from engine.tagging.analyze import TagCount, analyze
 from engine.config import Config
 from engine.errors import Forbidden, Invalid, LimitReached, NotFound, SetupError
 from engine.events import EventBus, Subscription
@@ -18,12 +22,14 @@ from engine.links import LinkSigner, new_token_id
 from engine.records import Actor, Job, Project
 from engine.scheduler import Scheduler
 from storage import artifacts as artifact_rows
+from storage import images as image_rows
 from storage import jobs as job_rows
 from storage import projects as project_rows
 from storage import settings as setting_rows
 from storage import status_messages as status_rows
 from storage.artifacts import ArtifactRow
 from storage.db import Database
+from storage.images import ImageRow
 from storage.layout import DataLayout
 from storage.migrations import SchemaTooNew
 from storage.status_messages import StatusMessageRow
@@ -41,6 +47,7 @@ class Engine:
         self.events = EventBus()
         self.scheduler = Scheduler(db, layout, config.queue, kinds, self.events)
         self.links = LinkSigner.from_config(config.web.secret, layout.root / "secret.key")
+        self.staging = Staging(layout)
         self._started = False
 
     @classmethod
@@ -60,6 +67,8 @@ class Engine:
             removed = layout.sweep_orphans(await project_rows.list_all_dirs(db))
             for path in removed:
                 log.warning("removed %s: a project folder with no project (left by a crash)", path)
+            for path in await sweep_orphan_images(db, layout):
+                log.warning("removed %s: a picture with no database row (left by a crash)", path)
             return cls(config, db, layout, kinds)
         except BaseException:
             await db.close()
@@ -161,6 +170,54 @@ class Engine:
             active_jobs=counts.jobs_active,
         )
 
+    # --- pictures, tags ---------------------------------------------------------------------------
+
+    async def add_images(self, actor: Actor, project: str, files: list[IncomingFile], kind: str = "train",
+                         progress: Callable[[int, int], None] | None = None) -> IntakeReport:
+        """Validates, normalises, de-duplicates and stores pictures; a report says what happened to each."""
+        if kind not in ("train", "reg"):
+            raise Invalid(f"unknown picture set {kind!r}: use train or reg")
+        row = await self._own_project(actor, project)
+        dirs = self.layout.project(row.user_id, row.dir_name)
+        return await intake.add_images(self._db, dirs, row.id, actor.user_id, kind, files, self.config.intake,
+                                       progress)
+
+    def stage_images(self, actor: Actor, files: list[IncomingFile]) -> str:
+        return self.staging.put(actor.user_id, files)
+
+    async def add_staged_images(self, actor: Actor, token: str, project: str, kind: str = "train") -> IntakeReport:
+        await self._own_project(actor, project)  # before the staged files are consumed
+        return await self.add_images(actor, project, self.staging.take(actor.user_id, token), kind)
+
+    async def images(self, actor: Actor, project: str, kind: str | None = None) -> list[ImageRow]:
+        row = await self._own_project(actor, project)
+        return await image_rows.list_for_project(self._db, row.id, kind)
+
+    async def tag(self, actor: Actor, project: str, *, general_threshold: float | None = None,
+                  character_threshold: float | None = None) -> Job:
+        """Queues WD14 tagging of the project's pictures (training and reg sets)."""
+        row = await self._own_project(actor, project)
+        if not await image_rows.list_for_project(self._db, row.id):
+            raise Invalid(f"{row.name} has no pictures to tag yet: add some with /lora upload first")
+        tagger = self.config.tagger
+        params = {
+            "model": tagger.model, "cache_dir": tagger.cache_dir, "include_ratings": tagger.include_ratings,
+            "blacklist": tagger.blacklist, "batch_size": tagger.batch_size, "trigger": row.trigger,
+            "general_threshold": tagger.general_threshold if general_threshold is None else general_threshold,
+            "character_threshold": tagger.character_threshold if character_threshold is None else character_threshold,
+            "kinds": ["train", "reg"],
+        }
+        for name in ("general_threshold", "character_threshold"):
+            if not 0.0 <= params[name] <= 2.0:
+                raise Invalid(f"{name.replace('_', ' ')} must be between 0 and 2 (above 1 turns that kind of tag off)")
+        return await self.enqueue(actor, "tag", row.name, params)
+
+    async def tag_stats(self, actor: Actor, project: str, kind: str = "train") -> list[TagCount]:
+        """Each tag with how many of the set's captioned pictures have it, most common first."""
+        row = await self._own_project(actor, project)
+        captions = await image_rows.captions(self._db, row.id, kind)
+        return analyze(list(captions.values()), row.trigger)
+
     # --- jobs -----------------------------------------------------------------------------------
 
     async def enqueue(self, actor: Actor, kind_name: str, project: str | None = None,
@@ -186,15 +243,15 @@ class Engine:
         self.scheduler.wake(kind.lane)
         return await self.job(job_id)
 
-    async def run_here(self, actor: Actor, kind_name: str, project: str | None = None,
-                       params: dict[str, Any] | None = None) -> Job:
-        """Starts the scheduler in this process and waits for one job to end (the CLI and the demo).
-        Refused with SchedulerBusy while another process (the bot) runs jobs from the same folder."""
+    async def run_here(self, start: Callable[[], Awaitable[Job]]) -> Job:
+        """Starts the scheduler in this process, queues a job with `start`, and waits for it to end
+        (the CLI and the demo). Raises SchedulerBusy while another process (the bot) runs jobs from
+        the same folder; nothing is queued then."""
         subscription = self.subscribe()
         try:
             if not self._started:
                 await self.start()
-            job = await self.enqueue(actor, kind_name, project, params)
+            job = await start()
             async for event in subscription:
                 if event.job_id == job.id and event.final:
                     break
@@ -304,7 +361,7 @@ class Engine:
             expired = await artifact_rows.delete_expired_links(tx, now)
         for job_id in old_jobs:
             self.layout.job_log(job_id).unlink(missing_ok=True)
-        return {"jobs_removed": len(old_jobs), "links_expired": expired}
+        return {"jobs_removed": len(old_jobs), "links_expired": expired, "staging_expired": self.staging.expire(now)}
 
     async def health(self) -> dict[str, Any]:
         jobs = await job_rows.list_jobs(self._db)

@@ -20,10 +20,10 @@ from engine.config import QueueConfig
 from engine.errors import UserError
 from engine.events import EventBus
 from engine.fairshare import fair_order
-from engine.jobs import JobKind
+from engine.jobs import JobKind, resolve
 from engine.jobs.context import JobSpec
 from engine.records import EngineEvent
-from engine.runner import WorkerProcess
+from engine.runner import Outcome, WorkerProcess
 from storage import artifacts as artifact_rows
 from storage import jobs as job_rows
 from storage import projects as project_rows
@@ -202,6 +202,13 @@ class Scheduler:
         if job.id in self._cancelled:
             self._cancelled.discard(job.id)
             return
+        if outcome.state == "done" and kind.on_done:
+            try:
+                outcome.result = await resolve(kind.on_done)(self._db, job, outcome.result or {})
+            except Exception:
+                log.exception("job %s: storing its result failed", job.id)
+                outcome = Outcome("failed", error="the job finished but its results could not be saved "
+                                                  "(see the bot's log); run it again")
         if outcome.state == "done":
             await self._finish(job.id, job.user_id, "done", result=outcome.result)
         else:

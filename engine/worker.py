@@ -7,12 +7,12 @@ worker exits too, so a dead bot never leaves a training holding the GPU.
 """
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import threading
 import traceback
 
+from engine.jobs import resolve
 from engine.jobs.context import JobContext, JobFailed, JobSpec
 
 
@@ -36,9 +36,7 @@ def main() -> int:
     threading.Thread(target=_exit_when_parent_goes, args=(stdin,), daemon=True).start()
     ctx = JobContext(spec, _protocol_stream())
     try:
-        module_name, function_name = spec.entry.split(":")
-        function = getattr(importlib.import_module(module_name), function_name)
-        result = function(ctx)
+        result = resolve(spec.entry)(ctx)
     except JobFailed as exc:
         ctx.emit("failed", error=str(exc))
         return 1

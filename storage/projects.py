@@ -56,6 +56,10 @@ async def list_for_user(db: Database, user_id: int) -> list[ProjectRow]:
     return [record(ProjectRow, row) for row in rows]
 
 
+async def list_all(db: Database) -> list[ProjectRow]:
+    return [record(ProjectRow, row) for row in await db.fetchall(f"SELECT {_COLUMNS} FROM projects ORDER BY id")]
+
+
 async def list_all_dirs(db: Database) -> set[tuple[int, str]]:
     return {(row[0], row[1]) for row in await db.fetchall("SELECT user_id, dir_name FROM projects")}
 

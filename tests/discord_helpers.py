@@ -21,8 +21,3 @@ def custom_ids(message: dict[str, Any] | None) -> list[str]:
     for row in (message or {}).get("components") or []:
         ids += [item["custom_id"] for item in row.get("components", []) if "custom_id" in item]
     return ids
-
-
-def answer_of(interaction) -> dict[str, Any] | None:
-    """The visible answer to an interaction: its first followup, or its original response."""
-    return interaction.followups[0] if interaction.followups else interaction.original

@@ -9,17 +9,20 @@ from pathlib import Path
 from bot.buttons import job_view
 from bot.render import job_embed
 from tests.conftest import ALICE, ALICE_ACTOR, BOB, BOB_ACTOR, MOD, Studio
-from tests.discord_helpers import answer_of, custom_ids, text_of
+from tests.discord_helpers import custom_ids, text_of
 
 
-async def ask(studio: Studio, user: int, command: str, options: dict | None = None, **kwargs) -> dict:
-    """Runs a slash command and returns the answer the member sees."""
+async def ask(studio: Studio, user: int, command: str, options: dict | None = None, *,
+              until=lambda text: True, **kwargs) -> dict:
+    """Runs a slash command and returns the answer the member sees (the first whose text passes `until`)."""
     interaction = await studio.fake.slash(user, command, options or {}, **kwargs)
     await interaction.acked()
-    if interaction.response_type == 4:  # answered at once (refusals are), not deferred
-        return await interaction.wait_original()
-    await interaction.wait_followup(lambda m: text_of(m) and "is thinking" not in text_of(m))
-    return answer_of(interaction)
+
+    def answered(message: dict) -> bool:
+        mine = message["id"] == interaction.original_id or message["id"] in interaction.followup_ids
+        return mine and bool(text_of(message)) and until(text_of(message))
+
+    return await studio.fake.wait_for_message(answered, timeout=30)
 
 
 async def new_project(studio: Studio, user: int = ALICE, name: str = "XingBar30") -> dict:
@@ -28,9 +31,10 @@ async def new_project(studio: Studio, user: int = ALICE, name: str = "XingBar30"
 
 async def test_commands_are_synced_under_one_lora_group(studio: Studio) -> None:
     commands = studio.fake.commands
-    assert [c["name"] for c in commands] == ["lora"]
-    subcommands = {option["name"] for option in commands[0]["options"]}
-    assert {"new", "list", "info", "delete", "queue", "cancel", "check"} <= subcommands
+    assert sorted((c["type"], c["name"]) for c in commands) == [(1, "lora"), (3, "Add to LoRA project")]
+    lora = next(c for c in commands if c["name"] == "lora")
+    subcommands = {option["name"] for option in lora["options"]}
+    assert {"new", "list", "info", "delete", "queue", "cancel", "check", "upload", "tag", "tags"} <= subcommands
 
 
 async def test_new_list_info_keep_each_members_projects_private(studio: Studio) -> None:

@@ -266,3 +266,29 @@ def test_demo_runs_the_journey_without_discord(tmp_path: Path) -> None:
     assert Path(summary["data_dir"]) == tmp_path / "data" / "demo"
     again = ok_json(tmp_path, "demo")  # a second demo starts from nothing, it does not trip over the first
     assert again["ok"] is True and len(list((tmp_path / "data" / "demo" / "users" / "0").iterdir())) == 1
+
+
+def test_images_add_tag_and_tags_from_the_command_line(tmp_path: Path) -> None:
+    from engine.devtools.tiny_models import write_tiny_tagger
+    from engine.devtools.pictures import picture, zip_of
+
+    tagger = write_tiny_tagger(tmp_path / "tagger")
+    (tmp_path / "config.toml").write_text(
+        f'[intake]\nmin_side = 32\n[tagger]\nmodel = "{tagger}"\ngeneral_threshold = 0.2\n')
+    ok_json(tmp_path, "projects", "new", "XingBar30", "XingBar", "man")
+    (tmp_path / "a.png").write_bytes(picture(1))
+    (tmp_path / "set.zip").write_bytes(zip_of({"b.png": picture(2), "c.jpg": picture(3, fmt="JPEG")}))
+    (tmp_path / "notes.png").write_text("not a picture")
+    report = ok_json(tmp_path, "images", "add", "XingBar30", "a.png", "set.zip", "notes.png")
+    assert len(report["accepted"]) == 3
+    assert [item["name"] for item in report["rejected"]] == ["notes.png"]
+    assert "not a picture" in report["rejected"][0]["reason"]
+
+    job = ok_json(tmp_path, "tag", "XingBar30")
+    assert job["state"] == "done" and job["result"]["captioned"] == 3
+    assert job["result"]["provider"] == "CPUExecutionProvider"
+    stats = ok_json(tmp_path, "tags", "XingBar30")
+    assert stats and all(0 < item["share"] <= 1 for item in stats)
+    assert stats == sorted(stats, key=lambda item: (-item["count"], item["tag"]))
+    captions = list((tmp_path / "data" / "users" / "0" / "XingBar30" / "dataset").glob("*.txt"))
+    assert len(captions) == 3 and all(path.read_text().startswith("XingBar") for path in captions)

@@ -3,6 +3,7 @@ jobs past retention (with their logs and events) and expired download links; eve
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import Config, RetentionConfig
+from engine.errors import NotFound
 from engine.facade import Engine
 from engine.links import new_token_id
 from engine.maintenance import Maintenance
@@ -63,7 +65,7 @@ async def test_old_finished_jobs_go_with_their_logs_and_others_stay(idle: Engine
 
     stats = await idle.run_maintenance()
 
-    assert stats == {"jobs_removed": 3, "links_expired": 0}
+    assert stats == {"jobs_removed": 3, "links_expired": 0, "staging_expired": 0}
     assert await _ids(idle) == kept
     for job_id in old:
         assert not idle.layout.job_log(job_id).exists()
@@ -75,7 +77,7 @@ async def test_old_finished_jobs_go_with_their_logs_and_others_stay(idle: Engine
     assert {job.id for job in await idle.jobs(include_finished=True)} == kept
 
     # Nothing more to do: the second run removes nothing.
-    assert await idle.run_maintenance() == {"jobs_removed": 0, "links_expired": 0}
+    assert await idle.run_maintenance() == {"jobs_removed": 0, "links_expired": 0, "staging_expired": 0}
     assert await _ids(idle) == kept
 
 
@@ -92,7 +94,7 @@ async def test_retention_setting_is_respected(config: Config) -> None:
     try:
         five_days = await _job(engine, "done", 5)
         eleven_days = await _job(engine, "done", 11)
-        assert await engine.run_maintenance() == {"jobs_removed": 1, "links_expired": 0}
+        assert await engine.run_maintenance() == {"jobs_removed": 1, "links_expired": 0, "staging_expired": 0}
         assert await _ids(engine) == {five_days}
         assert not engine.layout.job_log(eleven_days).exists()
     finally:
@@ -128,7 +130,7 @@ async def test_expired_links_are_deleted_and_live_ones_kept(idle: Engine) -> Non
 
     stats = await idle.run_maintenance()
 
-    assert stats == {"jobs_removed": 0, "links_expired": 2}
+    assert stats == {"jobs_removed": 0, "links_expired": 2, "staging_expired": 0}
     remaining = await _link_ids(idle)
     assert live in remaining and not (expired & remaining) and len(remaining) == 2
     assert idle.links.verify(issued.rsplit("/d/", 1)[1], time.time()).token_id in remaining
@@ -145,10 +147,10 @@ async def test_clean_up_returns_the_same_stats(idle: Engine) -> None:
     kept = await _job(idle, "done", 0.5)
     maintenance = Maintenance(idle, idle.config.retention.maintenance_interval_minutes)
 
-    assert await maintenance.clean_up() == {"jobs_removed": 2, "links_expired": 1}
+    assert await maintenance.clean_up() == {"jobs_removed": 2, "links_expired": 1, "staging_expired": 0}
     assert await _ids(idle) == {kept}
     assert await _link_ids(idle) == set()
-    assert await maintenance.clean_up() == {"jobs_removed": 0, "links_expired": 0}
+    assert await maintenance.clean_up() == {"jobs_removed": 0, "links_expired": 0, "staging_expired": 0}
 
 
 async def test_maintenance_scheduler_starts_and_stops(idle: Engine) -> None:
@@ -162,3 +164,20 @@ async def test_maintenance_scheduler_starts_and_stops(idle: Engine) -> None:
     finally:
         maintenance.stop()
     maintenance.stop()  # a second stop is harmless
+
+
+async def test_staged_pictures_expire_after_an_hour(engine: Engine) -> None:
+    from engine.dataset import STAGING_TTL_S
+    from engine.intake import IncomingFile
+
+
+    fresh = engine.stage_images(ALICE_ACTOR, [IncomingFile("a.png", b"1")])
+    stale = engine.stage_images(ALICE_ACTOR, [IncomingFile("b.png", b"2")])
+    old = time.time() - STAGING_TTL_S - 60
+    os.utime(engine.layout.root / "staging" / stale, (old, old))
+    assert (await engine.run_maintenance())["staging_expired"] == 1
+    with pytest.raises(NotFound, match="no longer waiting"):
+        engine.staging.take(ALICE_ACTOR.user_id, stale)
+    with pytest.raises(NotFound):
+        engine.staging.take(BOB_ACTOR.user_id, fresh)  # someone else's staged pictures
+    assert engine.staging.take(ALICE_ACTOR.user_id, fresh) == [IncomingFile("a.png", b"1")]

@@ -298,7 +298,7 @@ async def test_engine_open_removes_crash_leftovers_and_keeps_projects(config: Co
     finally:
         await engine.close()
     real = Path(project.path)
-    (real / "dataset" / "a.png").write_bytes(b"image")
+    (real / "dataset" / "kohya_settings.json").write_bytes(b"image")  # not a picture: never swept
     layout = DataLayout(config.data_dir)
     ghost = layout.create_project_dirs(ALICE, "Ghost")  # a crash between folders and row
     (ghost.dataset / "b.png").write_bytes(b"orphan")
@@ -307,7 +307,7 @@ async def test_engine_open_removes_crash_leftovers_and_keeps_projects(config: Co
     reopened = await Engine.open(config)
     try:
         assert not ghost.root.exists()
-        assert (real / "dataset" / "a.png").read_bytes() == b"image"
+        assert (real / "dataset" / "kohya_settings.json").read_bytes() == b"image"
         assert list(layout.trash_dir.iterdir()) == []
         assert [p.name for p in await reopened.list_projects(ALICE_ACTOR)] == ["Real"]
         # The swept name is free again.
@@ -324,3 +324,23 @@ async def test_engine_refuses_a_too_new_database(config: Config) -> None:
         raw.execute(f"PRAGMA user_version = {LATEST_VERSION + 5}")
     with pytest.raises(SetupError, match=f"schema version {LATEST_VERSION + 5} but this lorabake only knows"):
         await Engine.open(config)
+
+
+async def test_engine_open_removes_pictures_a_crash_left_without_rows(config: Config) -> None:
+    from engine.devtools.pictures import picture
+    from engine.intake import IncomingFile
+    from tests.conftest import ALICE_ACTOR
+
+    engine = await Engine.open(config)
+    await engine.create_project(ALICE_ACTOR, "XingBar30", "XingBar", "man")
+    report = await engine.add_images(ALICE_ACTOR, "XingBar30", [IncomingFile("a.png", picture(1, size=(300, 300)))])
+    dataset = engine.layout.project(ALICE_ACTOR.user_id, "XingBar30").dataset
+    await engine.close()
+    kept = dataset / report.accepted[0].filename
+    (dataset / "0099_crash.png").write_bytes(picture(2, size=(300, 300)))  # written, row never committed
+    (dataset / "0099_crash.txt").write_text("XingBar, solo")
+    (dataset / "notes.md").write_text("the owner's own notes stay")
+
+    reopened = await Engine.open(config)
+    await reopened.close()
+    assert sorted(path.name for path in dataset.iterdir()) == sorted([kept.name, "notes.md"])

@@ -25,16 +25,34 @@ class JobKind:
     priority: int = 0           # short jobs get 1 so they do not wait behind long trainings
     resumable: bool = True      # safe to start again after the process died mid-run
     needs_project: bool = True
+    # "module:function" run in the engine process when the job is done: async (db, job_row, result)
+    # → the result to keep. It commits to the database what the worker could only write to files.
+    on_done: str | None = None
 
 
-BUILTIN_KINDS = [
-    JobKind("check", "System check", "gpu", "engine.jobs.check:run", priority=1, needs_project=False),
-]
+def tagger_lane() -> Lane:
+    """Tagging shares the GPU lane only when onnxruntime can use CUDA; on CPU it runs beside training."""
+    import onnxruntime
+
+    return "gpu" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
+
+
+def builtin_kinds() -> list[JobKind]:
+    return [
+        JobKind("check", "System check", "gpu", "engine.jobs.check:run", priority=1, needs_project=False),
+        JobKind("tag", "Tagging", tagger_lane(), "engine.jobs.tag:run", priority=1,
+                on_done="engine.dataset:store_tag_result"),
+    ]
+
+
+def resolve(entry: str):
+    module_name, attribute = entry.split(":")
+    return getattr(importlib.import_module(module_name), attribute)
 
 
 def load_kinds(env: dict[str, str] | None = None) -> dict[str, JobKind]:
     env = dict(os.environ) if env is None else env
-    kinds = {kind.name: kind for kind in BUILTIN_KINDS}
+    kinds = {kind.name: kind for kind in builtin_kinds()}
     for module_name in filter(None, (name.strip() for name in env.get(PLUGINS_ENV, "").split(","))):
         module = importlib.import_module(module_name)
         for kind in module.JOB_KINDS:

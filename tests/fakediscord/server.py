@@ -397,6 +397,7 @@ class FakeDiscord:
         for command in commands:
             kind = command.get("type", 1)
             entry = {
+                "description": "",  # Discord answers context-menu commands with an empty description
                 **command,
                 "type": kind,
                 "id": previous.get((kind, command["name"])) or self._snowflake(),
@@ -448,6 +449,31 @@ class FakeDiscord:
         for session in self.sessions:
             if session.ready and session.open and session.intents & intent:
                 session.dispatch(event, data)
+
+    def post_user_message(self, user_id: int, content: str = "", *, files: Iterable[UserFile] = (),
+                          channel_id: int | None = None) -> dict[str, Any]:
+        """A member posts a message, with attachments served like Discord's CDN serves them."""
+        channel_id = channel_id or self.channel_id
+        attachments = [self.store.host(channel_id, *file) for file in files]
+        message = self.store.skeleton(channel_id, self.guild.users[user_id], content=content, attachments=attachments)
+        return self.store.commit(message, [])
+
+    async def message_command(self, user_id: int, name: str, message_id: int | str) -> InteractionRecord:
+        """Runs "Apps → name" on a message: a MESSAGE context-menu command (type 3) as Discord sends it."""
+        message = self.messages.get(message_id)
+        if message is None:
+            raise LookupError(f"no message {message_id}")
+        scoped = [(c, True) for c in self.guild_commands] + [(c, False) for c in self.global_commands]
+        found = next(((c, g) for c, g in scoped if c.get("type") == 3 and c["name"] == name), None)
+        if found is None:
+            raise LookupError(f"no message command {name!r} was synced")
+        definition, guild_scoped = found
+        data: dict[str, Any] = {"id": definition["id"], "name": name, "type": 3, "target_id": message["id"],
+                                "resolved": {"messages": {message["id"]: public(message)}}}
+        if guild_scoped:
+            data["guild_id"] = str(self.guild.id)
+        payload = self._interaction(APPLICATION_COMMAND, user_id, int(message["channel_id"]), data)
+        return self._dispatch_interaction(payload, f"Apps → {name}")
 
     async def forged_click(self, user_id: int, message_id: int | str, custom_id: str) -> InteractionRecord:
         """A click as a modified client can send it: any custom_id, on any message the user can see.
