@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bot import cli_curate
 from engine.config import ConfigError, load_config
 from engine.errors import Invalid, UserError
 from engine.facade import Engine
@@ -79,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     tags.add_argument("project")
     tags.add_argument("--reg", action="store_true", help="the regularization set's tags")
 
+    cli_curate.add_parser(verbs, common, inner)
+
     dev = verbs.add_parser("dev", parents=[common], help="developer tools").add_subparsers(
         dest="action", required=True)
     tiny = dev.add_parser("tiny-models", parents=[inner], help="write tiny SD1.5/SDXL pipelines and a tagger")
@@ -123,7 +126,7 @@ async def _dispatch(args: argparse.Namespace, config) -> int:
         from bot.demo import run_demo
 
         return await run_demo(config, as_json=args.json)
-    handler = _ENGINE_VERBS[(args.verb, getattr(args, "action", None))]
+    handler = _curate if args.verb == "curate" else _ENGINE_VERBS[(args.verb, getattr(args, "action", None))]
     engine = await Engine.open(config)
     try:
         return await handler(engine, args)
@@ -260,6 +263,12 @@ async def _tags(engine: Engine, args: argparse.Namespace) -> int:
     stats = await engine.tag_stats(_actor(args), args.project, "reg" if args.reg else "train")
     _emit(args, [asdict(item) for item in stats],
           "\n".join(f"{item.count:5d} {item.share:6.1%}  {item.tag}" for item in stats) or "no captions yet")
+    return 0
+
+
+async def _curate(engine: Engine, args: argparse.Namespace) -> int:
+    data, text = await cli_curate.run(engine, _actor(args), args)
+    _emit(args, data, text)
     return 0
 
 

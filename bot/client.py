@@ -12,6 +12,9 @@ from discord.ext import commands
 
 from bot.access import AccessPolicy
 from bot.buttons import DYNAMIC_ITEMS
+from bot.curate_views import CURATE_ITEMS
+from bot.browse_views import BrowseButton
+from bot.cogs.curate import CurateCog
 from bot.cogs.pictures import PicturesCog
 from bot.cogs.projects import ProjectsCog
 from bot.cogs.queue import QueueCog
@@ -53,9 +56,10 @@ class LoraBot(commands.Bot):
         await self.add_cog(ProjectsCog(self))
         await self.add_cog(PicturesCog(self))
         await self.add_cog(TagsCog(self))
+        await self.add_cog(CurateCog(self))
         await self.add_cog(QueueCog(self))
         self.tree.add_command(self.lora)
-        self.add_dynamic_items(*DYNAMIC_ITEMS)
+        self.add_dynamic_items(*DYNAMIC_ITEMS, *CURATE_ITEMS, BrowseButton)
         self.status_messages.start()
         await self.sync_commands()
         await self.status_messages.refresh_active()

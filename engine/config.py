@@ -90,6 +90,13 @@ class TaggerConfig:
 
 
 @dataclass(frozen=True)
+class ModelsConfig:
+    # The base model LoRAs are trained for: a diffusers folder, a single .safetensors file or a Hub id.
+    # Its tokenizer also tells whether a trigger word is already a known token.
+    base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("data")
     discord: DiscordConfig = field(default_factory=DiscordConfig)
@@ -98,6 +105,7 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
     tagger: TaggerConfig = field(default_factory=TaggerConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
 
     @property
     def web_base_url(self) -> str:
@@ -153,7 +161,7 @@ def _build(cls: type, raw: dict[str, Any], where: str, section: str) -> Any:
 
 _SECTIONS: dict[str, type] = {
     "discord": DiscordConfig, "queue": QueueConfig, "web": WebConfig, "retention": RetentionConfig,
-    "intake": IntakeConfig, "tagger": TaggerConfig,
+    "intake": IntakeConfig, "tagger": TaggerConfig, "models": ModelsConfig,
 }
 
 

@@ -2,10 +2,14 @@
 arrive before the member has picked a project, tagging results into the database, tag statistics."""
 from __future__ import annotations
 
+import io
 import secrets
 import shutil
 import time
+from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from engine.errors import NotFound
 from engine.intake import IncomingFile
@@ -51,6 +55,14 @@ async def sweep_orphan_images(db: Database, layout: DataLayout) -> list[str]:
                     path.with_suffix(".txt").unlink(missing_ok=True)
                     removed.append(str(path))
     return removed
+
+
+def jpeg_preview(path: Path, max_side: int) -> bytes:
+    with Image.open(path) as image:
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        image.convert("RGB").save(out, "JPEG", quality=85)
+    return out.getvalue()
 
 
 class Staging:

@@ -3,6 +3,8 @@ it knows nothing of Discord. Every call that touches a project takes the Actor a
 finds that actor's own projects: another member's project is simply "not found"."""
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import sqlite3
 import time
@@ -11,7 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from engine import intake, naming
-from engine.dataset import Staging, sweep_orphan_images
+from engine.curation_api import CurationAPI
+from engine.dataset import Staging, jpeg_preview, sweep_orphan_images
 from engine.intake import IncomingFile, IntakeReport
 from engine.tagging.analyze import TagCount, analyze
 from engine.config import Config
@@ -48,6 +51,7 @@ class Engine:
         self.scheduler = Scheduler(db, layout, config.queue, kinds, self.events)
         self.links = LinkSigner.from_config(config.web.secret, layout.root / "secret.key")
         self.staging = Staging(layout)
+        self.curation = CurationAPI(self)
         self._started = False
 
     @classmethod
@@ -69,7 +73,10 @@ class Engine:
                 log.warning("removed %s: a project folder with no project (left by a crash)", path)
             for path in await sweep_orphan_images(db, layout):
                 log.warning("removed %s: a picture with no database row (left by a crash)", path)
-            return cls(config, db, layout, kinds)
+            engine = cls(config, db, layout, kinds)
+            if repaired := await engine.curation.sync_files():
+                log.warning("rewrote %d caption files that disagreed with the database", repaired)
+            return engine
         except BaseException:
             await db.close()
             raise
@@ -120,17 +127,20 @@ class Engine:
         return (starts + contains)[:limit]
 
     async def get_project(self, actor: Actor, name: str) -> Project:
-        return await self._project(await self._own_project(actor, name))
+        return await self._project(await self.own_project_row(actor, name))
 
     async def get_project_by_id(self, actor: Actor, project_id: int) -> Project:
         """For buttons, whose custom_id carries the id: still only the actor's own project."""
+        return await self._project(await self.own_project_row_by_id(actor, project_id))
+
+    async def own_project_row_by_id(self, actor: Actor, project_id: int) -> project_rows.ProjectRow:
         row = await project_rows.get_by_id(self._db, project_id)
         if row is None or row.user_id != actor.user_id:
             raise NotFound("that project no longer exists, or it is not yours")
-        return await self._project(row)
+        return row
 
     async def rename_project(self, actor: Actor, name: str, new_name: str) -> Project:
-        row = await self._own_project(actor, name)
+        row = await self.own_project_row(actor, name)
         new_name = naming.project_name(new_name)
         async with self._db.transaction() as tx:
             clash = await project_rows.get_by_name(tx, actor.user_id, new_name)
@@ -141,7 +151,7 @@ class Engine:
 
     async def delete_project(self, actor: Actor, name: str) -> Project:
         """Cancels the project's jobs, deletes its rows, then its files (row first: see storage.layout)."""
-        row = await self._own_project(actor, name)
+        row = await self.own_project_row(actor, name)
         project = await self._project(row)
         for job in await job_rows.list_jobs(self._db, user_id=actor.user_id):
             if job.project_id == row.id:
@@ -152,10 +162,10 @@ class Engine:
         return project
 
     async def project_dir(self, actor: Actor, name: str) -> Path:
-        row = await self._own_project(actor, name)
+        row = await self.own_project_row(actor, name)
         return self.layout.project(row.user_id, row.dir_name).root
 
-    async def _own_project(self, actor: Actor, name: str) -> project_rows.ProjectRow:
+    async def own_project_row(self, actor: Actor, name: str) -> project_rows.ProjectRow:
         row = await project_rows.get_by_name(self._db, actor.user_id, name.strip())
         if row is None:
             raise NotFound(f"you have no project called {name!r}: /lora list shows yours, /lora new makes one")
@@ -177,7 +187,7 @@ class Engine:
         """Validates, normalises, de-duplicates and stores pictures; a report says what happened to each."""
         if kind not in ("train", "reg"):
             raise Invalid(f"unknown picture set {kind!r}: use train or reg")
-        row = await self._own_project(actor, project)
+        row = await self.own_project_row(actor, project)
         dirs = self.layout.project(row.user_id, row.dir_name)
         return await intake.add_images(self._db, dirs, row.id, actor.user_id, kind, files, self.config.intake,
                                        progress)
@@ -186,17 +196,47 @@ class Engine:
         return self.staging.put(actor.user_id, files)
 
     async def add_staged_images(self, actor: Actor, token: str, project: str, kind: str = "train") -> IntakeReport:
-        await self._own_project(actor, project)  # before the staged files are consumed
+        await self.own_project_row(actor, project)  # before the staged files are consumed
         return await self.add_images(actor, project, self.staging.take(actor.user_id, token), kind)
 
     async def images(self, actor: Actor, project: str, kind: str | None = None) -> list[ImageRow]:
-        row = await self._own_project(actor, project)
+        row = await self.own_project_row(actor, project)
         return await image_rows.list_for_project(self._db, row.id, kind)
+
+    async def captions(self, actor: Actor, project: str, kind: str = "train") -> dict[int, str]:
+        """image id → caption, for the project's captioned pictures of one set."""
+        row = await self.own_project_row(actor, project)
+        return await image_rows.captions(self._db, row.id, kind)
+
+    async def remove_image(self, actor: Actor, project: str | int, image_id: int) -> ImageRow:
+        """Takes one picture (and its caption) out of the project: row first, then the files."""
+        row = await (self.own_project_row_by_id(actor, project) if isinstance(project, int)
+                     else self.own_project_row(actor, project))
+        image = next((i for i in await image_rows.list_for_project(self._db, row.id) if i.id == image_id), None)
+        if image is None:
+            raise NotFound("that picture is no longer in the project")
+        async with self._db.transaction() as tx:
+            await image_rows.delete(tx, image_id)
+        dirs = self.layout.project(row.user_id, row.dir_name)
+        path = (dirs.dataset if image.kind == "train" else dirs.reg) / image.filename
+        path.unlink(missing_ok=True)
+        path.with_suffix(".txt").unlink(missing_ok=True)
+        return image
+
+    async def preview(self, actor: Actor, project_id: int, image_id: int, max_side: int = 768) -> bytes:
+        """A small JPEG of one picture, for showing it on Discord under the upload limit."""
+        row = await self.own_project_row_by_id(actor, project_id)
+        image = next((i for i in await image_rows.list_for_project(self._db, row.id) if i.id == image_id), None)
+        if image is None:
+            raise NotFound("that picture is no longer in the project")
+        dirs = self.layout.project(row.user_id, row.dir_name)
+        path = (dirs.dataset if image.kind == "train" else dirs.reg) / image.filename
+        return await asyncio.to_thread(jpeg_preview, path, max_side)
 
     async def tag(self, actor: Actor, project: str, *, general_threshold: float | None = None,
                   character_threshold: float | None = None) -> Job:
         """Queues WD14 tagging of the project's pictures (training and reg sets)."""
-        row = await self._own_project(actor, project)
+        row = await self.own_project_row(actor, project)
         if not await image_rows.list_for_project(self._db, row.id):
             raise Invalid(f"{row.name} has no pictures to tag yet: add some with /lora upload first")
         tagger = self.config.tagger
@@ -214,7 +254,7 @@ class Engine:
 
     async def tag_stats(self, actor: Actor, project: str, kind: str = "train") -> list[TagCount]:
         """Each tag with how many of the set's captioned pictures have it, most common first."""
-        row = await self._own_project(actor, project)
+        row = await self.own_project_row(actor, project)
         captions = await image_rows.captions(self._db, row.id, kind)
         return analyze(list(captions.values()), row.trigger)
 
@@ -223,7 +263,7 @@ class Engine:
     async def enqueue(self, actor: Actor, kind_name: str, project: str | None = None,
                       params: dict[str, Any] | None = None) -> Job:
         kind = require_kind(self._kinds, kind_name)
-        project_row = await self._own_project(actor, project) if project else None
+        project_row = await self.own_project_row(actor, project) if project else None
         if kind.needs_project and project_row is None:
             raise Invalid(f"a {kind.title.lower()} job needs a project: name one of yours")
         async with self._db.transaction() as tx:
@@ -318,7 +358,7 @@ class Engine:
     # --- artifacts and download links -----------------------------------------------------------
 
     async def artifacts(self, actor: Actor, project: str, kind: str | None = None) -> list[ArtifactRow]:
-        row = await self._own_project(actor, project)
+        row = await self.own_project_row(actor, project)
         return await artifact_rows.list_for_project(self._db, row.id, kind)
 
     async def artifact_path(self, artifact: ArtifactRow) -> Path:
@@ -337,6 +377,18 @@ class Engine:
         async with self._db.transaction() as tx:
             await artifact_rows.insert_link(tx, token_id, artifact_id, actor.user_id, expires_at)
         return f"{self.config.web_base_url}/d/{self.links.sign(token_id, expires_at)}"
+
+    async def export_link(self, actor: Actor, project: str, path: Path | str) -> str:
+        """A download link for a file the engine wrote into the project (an export, a LoRA)."""
+        row = await self.own_project_row(actor, project)
+        root = self.layout.project(row.user_id, row.dir_name).root
+        path = Path(path)
+        digest = await asyncio.to_thread(lambda: hashlib.sha256(path.read_bytes()).hexdigest())
+        async with self._db.transaction() as tx:
+            artifact_id = await artifact_rows.upsert(
+                tx, project_id=row.id, job_id=None, kind="export", path=path.relative_to(root).as_posix(),
+                size=path.stat().st_size, sha256=digest)
+        return await self.download_link(actor, artifact_id)
 
     async def resolve_download(self, token: str) -> Path | None:
         """The file behind a download token, or None if it is forged, expired, revoked or gone."""

@@ -119,6 +119,26 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        4,
+        "caption curation history (undo/redo)",
+        """
+        CREATE TABLE caption_history (
+            id              INTEGER PRIMARY KEY AUTOINCREMENT,
+            project_id      INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            kind            TEXT NOT NULL CHECK (kind IN ('train', 'reg')),
+            op              TEXT NOT NULL,               -- the op as JSON (engine.curation.ops)
+            description     TEXT NOT NULL,
+            captions_before TEXT NOT NULL,               -- JSON {image id: caption, null = none}, changed ones only
+            captions_after  TEXT NOT NULL,               -- JSON {image id: caption}, the same images
+            trigger_before  TEXT NOT NULL,
+            trigger_after   TEXT NOT NULL,
+            state           TEXT NOT NULL CHECK (state IN ('done', 'undone')),
+            created_at      REAL NOT NULL
+        );
+        CREATE INDEX caption_history_by_project ON caption_history(project_id, state, id);
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

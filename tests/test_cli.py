@@ -14,6 +14,7 @@ import pytest
 
 from engine.config import Config
 from engine.facade import Engine
+from engine.records import Actor
 from storage.migrations import LATEST_VERSION
 from tests.conftest import ALICE, ALICE_ACTOR, REPO
 
@@ -292,3 +293,39 @@ def test_images_add_tag_and_tags_from_the_command_line(tmp_path: Path) -> None:
     assert stats == sorted(stats, key=lambda item: (-item["count"], item["tag"]))
     captions = list((tmp_path / "data" / "users" / "0" / "XingBar30" / "dataset").glob("*.txt"))
     assert len(captions) == 3 and all(path.read_text().startswith("XingBar") for path in captions)
+
+
+def test_curation_from_the_command_line(tmp_path: Path) -> None:
+    from engine.devtools.pictures import picture
+
+    (tmp_path / "config.toml").write_text("[intake]\nmin_side = 32\n")
+    ok_json(tmp_path, "projects", "new", "XingBar30", "XingBar", "man")
+    (tmp_path / "a.png").write_bytes(picture(1))
+    (tmp_path / "b.png").write_bytes(picture(2))
+    accepted = ok_json(tmp_path, "images", "add", "XingBar30", "a.png", "b.png")["accepted"]
+    project = asyncio.run(_project_id(tmp_path))
+    for image_id in project:
+        ok_json(tmp_path, "curate", "edit", "XingBar30", str(image_id), "long hair, blue eyes, shirt, shirt")
+    shown = ok_json(tmp_path, "curate", "show", "XingBar30")
+    assert {row["tag"]: row["suggested"] for row in shown["tags"]} == {
+        "long hair": True, "blue eyes": True, "shirt": False}
+    removed = ok_json(tmp_path, "curate", "remove", "XingBar30", "long hair")
+    assert removed["changed"] == 2 and removed["can_undo"]
+    deduped = ok_json(tmp_path, "curate", "dedupe", "XingBar30")
+    assert deduped["changed"] == 2
+    dataset = tmp_path / "data" / "users" / "0" / "XingBar30" / "dataset"
+    assert {p.read_text() for p in dataset.glob("*.txt")} == {"XingBar, blue eyes, shirt"}
+    ok_json(tmp_path, "curate", "undo", "XingBar30")
+    assert {p.read_text() for p in dataset.glob("*.txt")} == {"XingBar, blue eyes, shirt, shirt"}
+    check = ok_json(tmp_path, "curate", "trigger", "XingBar30", "shirt")
+    assert check["safe"] is False and check["suggestion"]
+    export = ok_json(tmp_path, "curate", "export", "XingBar30", "--repeats", "3")
+    assert export["images"] == len(accepted) == 2 and Path(export["path"]).is_file()
+
+
+async def _project_id(cwd: Path) -> list[int]:
+    engine = await Engine.open(_default_config(cwd))
+    try:
+        return [image.id for image in await engine.images(Actor(0), "XingBar30")]
+    finally:
+        await engine.close()

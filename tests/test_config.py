@@ -14,6 +14,7 @@ from engine.config import (
     ConfigError,
     DiscordConfig,
     IntakeConfig,
+    ModelsConfig,
     TaggerConfig,
     QueueConfig,
     RetentionConfig,
@@ -267,10 +268,10 @@ def test_example_config_mentions_every_field_in_its_section() -> None:
             keys_by_section[section].add(key.group(1))
     missing = [f"[{s}] {n}" if s else n for s, n, _ in _sections() if n not in keys_by_section.get(s, set())]
     assert missing == [], f"config.example.toml does not show: {missing}"
-    for cls in (DiscordConfig, QueueConfig, WebConfig, RetentionConfig, IntakeConfig, TaggerConfig):
+    for cls in (DiscordConfig, QueueConfig, WebConfig, RetentionConfig, IntakeConfig, TaggerConfig, ModelsConfig):
         assert dataclasses.fields(cls)  # the walk above really covers these sections
     sections = {s for s, _n, _f in _sections() if s}
-    assert sections == {"discord", "queue", "web", "retention", "intake", "tagger"}
+    assert sections == {"discord", "queue", "web", "retention", "intake", "tagger", "models"}
 
 
 def _leaf_defaults() -> dict[str, Any]:
@@ -281,4 +282,4 @@ def test_leaf_walk_sees_all_fields() -> None:
     defaults = _leaf_defaults()
     assert "discord.token" in defaults and ".data_dir" in defaults and "retention.finished_jobs_days" in defaults
     assert len(defaults) == 1 + sum(len(dataclasses.fields(c)) for c in
-                                    (DiscordConfig, QueueConfig, WebConfig, RetentionConfig, IntakeConfig, TaggerConfig))
+                                    (DiscordConfig, QueueConfig, WebConfig, RetentionConfig, IntakeConfig, TaggerConfig, ModelsConfig))

@@ -18,7 +18,7 @@ from storage.migrations import LATEST_VERSION, SchemaTooNew
 from tests.conftest import ALICE, ALICE_ACTOR, BOB
 
 V1_TABLES = {"users", "projects", "images", "captions"}
-LATER_TABLES = {"jobs", "job_events", "artifacts", "status_messages", "download_links", "settings"}
+LATER_TABLES = {"jobs", "job_events", "artifacts", "status_messages", "download_links", "settings", "caption_history"}
 
 
 async def _tables(db: Database) -> set[str]:

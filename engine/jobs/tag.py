@@ -48,7 +48,8 @@ def _run(ctx: JobContext) -> dict[str, Any]:
         def report(step: int, _folder_total: int, base: int = done) -> None:
             ctx.progress(base + step, total, "tagging…", provider=tagger.provider)
 
-        captions[kind] = tag_folder(folder, options, trigger, report, tagger=tagger)
+        # Only training captions carry the trigger: reg pictures teach the class, not the character.
+        captions[kind] = tag_folder(folder, options, trigger if kind == "train" else None, report, tagger=tagger)
         done += len(captions[kind])
     top = analyze(list(captions.get("train", {}).values()), trigger)[:TOP_TAGS]
     return {
