@@ -77,7 +77,6 @@ class PicturesCog(LoraCog):
         await add_and_report(interaction, project, kind, attachments)
 
     async def add_from_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
-        self.bot.access.check(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
         attachments = [a for a in message.attachments if looks_uploadable(a)]
         if not attachments:

@@ -1,0 +1,1 @@
+"""Checking a LoRA's quality: sample grids (epoch × weight × prompt) and their scores."""

@@ -1,0 +1,1 @@
+"""Training: LoRA injection, the kohya LoRA file format, and the training loop."""

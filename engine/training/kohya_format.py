@@ -1,0 +1,252 @@
+"""Write LoRAs in the kohya / sd-scripts format that A1111, ComfyUI, Civitai and diffusers load (DESIGN §3).
+
+Keys: `lora_unet_<module path, dots→_>.lora_down.weight` / `.lora_up.weight` / `.alpha` (a 0-dim tensor with
+the real alpha; the loader scales by alpha / rank), text encoder `lora_te_…` (SD1.x) or `lora_te1_…` /
+`lora_te2_…` (SDXL). We convert straight from peft's state dicts (`get_peft_model_state_dict`), never through
+diffusers' `convert_state_dict_to_kohya`, which writes alpha = rank and mangles UNet keys when text-encoder
+LoRA is present.
+
+Text-encoder module paths: under transformers 5, peft reports `encoder.layers.0.self_attn.q_proj` for a
+`CLIPTextModel` (no `text_model.`) but `text_model.encoder.layers.0.self_attn.q_proj` for a
+`CLIPTextModelWithProjection`. A1111 and ComfyUI only know `lora_te_text_model_encoder_layers_…` and silently
+ignore anything else, so every text-encoder path is normalised to start with `text_model_`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from io import BytesIO
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import save as safetensors_save
+
+Family = Literal["sd15", "sdxl"]
+
+BASE_MODEL_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
+_TE_PREFIXES = {"sd15": ("lora_te",), "sdxl": ("lora_te1", "lora_te2")}
+_MODELSPEC_ARCH = {"sd15": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
+# What sd-scripts' sai_model_spec writes for LoRAs: SD1 LoRAs are "diffusers", SDXL ones Stability's.
+_MODELSPEC_IMPL = {"sd15": "diffusers", "sdxl": "https://github.com/Stability-AI/generative-models"}
+
+# `<module path>.lora_A.weight`, also tolerating peft's un-stripped forms `.lora_A.<adapter>.weight` and a
+# `base_model.model.` prefix (a PeftModel's state dict).
+_PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
+KOHYA_KEY = re.compile(r"^lora_(?:unet|te|te1|te2)_[A-Za-z0-9_]+\.(?:lora_down\.weight|lora_up\.weight|alpha)$")
+_EPOCH_FILE = "{name}-{epoch:02d}.safetensors"
+
+
+def _check_family(family: str) -> None:
+    if family not in BASE_MODEL_VERSION:
+        raise ValueError(f"unknown model family {family!r}; expected one of {sorted(BASE_MODEL_VERSION)}")
+
+
+def _pairs(peft_state: Mapping[str, torch.Tensor], what: str) -> dict[str, dict[str, torch.Tensor]]:
+    """Group peft keys into {module path: {"A": down, "B": up}}, refusing anything that is not plain LoRA."""
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in peft_state.items():
+        match = _PEFT_KEY.match(key)
+        if match is None:
+            raise ValueError(f"{what}: {key!r} is not a LoRA A/B weight (DoRA, bias or embedding LoRA unsupported)")
+        modules.setdefault(match["module"], {})[match["which"]] = tensor
+    for module, pair in modules.items():
+        if set(pair) != {"A", "B"}:
+            raise ValueError(f"{what}: module {module!r} has lora_{''.join(pair)} but not both lora_A and lora_B")
+    return modules
+
+
+def _te_module_path(module: str) -> str:
+    """`encoder.layers.0…` (transformers 5 CLIPTextModel) or `text_model.encoder…` → `text_model.encoder…`."""
+    return module if module.startswith("text_model.") else "text_model." + module
+
+
+def _add(
+    out: dict[str, torch.Tensor], prefix: str, module: str, pair: dict[str, torch.Tensor], rank: int, alpha: float
+) -> None:
+    down, up = pair["A"], pair["B"]
+    if down.ndim != 2 or up.ndim != 2 or down.shape[0] != rank or up.shape[1] != rank:
+        raise ValueError(
+            f"{module!r}: LoRA shapes down {tuple(down.shape)} / up {tuple(up.shape)} do not match rank {rank}"
+        )
+    name = f"{prefix}_{module.replace('.', '_')}"
+    if f"{name}.lora_down.weight" in out:
+        raise ValueError(f"two modules map to the same kohya name {name!r}")
+    out[f"{name}.lora_down.weight"] = down.detach()
+    out[f"{name}.lora_up.weight"] = up.detach()
+    out[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
+
+
+def to_kohya_state_dict(
+    unet_lora: Mapping[str, torch.Tensor],
+    text_encoder_loras: Sequence[Mapping[str, torch.Tensor]],
+    *,
+    family: Family,
+    rank: int,
+    alpha: float,
+) -> dict[str, torch.Tensor]:
+    """Convert peft state dicts (UNet, then text encoder(s) in pipeline order) into one kohya state dict.
+
+    `text_encoder_loras` holds at most one dict for SD1.5 and at most two (text_encoder, text_encoder_2)
+    for SDXL; an empty dict means that encoder was not trained. Tensors keep their dtype (see save_kohya_lora).
+    """
+    _check_family(family)
+    prefixes = _TE_PREFIXES[family]
+    if len(text_encoder_loras) > len(prefixes):
+        raise ValueError(f"{family} has {len(prefixes)} text encoder(s), got {len(text_encoder_loras)} LoRA dicts")
+    out: dict[str, torch.Tensor] = {}
+    for module, pair in sorted(_pairs(unet_lora, "unet").items()):
+        _add(out, "lora_unet", module, pair, rank, alpha)
+    for prefix, te_lora in zip(prefixes, text_encoder_loras, strict=False):
+        for module, pair in sorted(_pairs(te_lora, prefix).items()):
+            _add(out, prefix, _te_module_path(module), pair, rank, alpha)
+    if not out:
+        raise ValueError("no LoRA weights to save")
+    return out
+
+
+def _resolution_str(resolution: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(resolution, int):
+        return (resolution, resolution)
+    width, height = resolution
+    return (int(width), int(height))
+
+
+def kohya_metadata(
+    *,
+    base_model: str,
+    family: Family,
+    rank: int,
+    alpha: float,
+    unet_lr: float,
+    text_encoder_lr: float | None,
+    epochs: int,
+    epoch: int,
+    steps: int,
+    resolution: int | tuple[int, int],
+    tag_frequency: Mapping[str, Mapping[str, int]],
+    extra: Mapping[str, str] | None = None,
+    training_started_at: float | None = None,
+    output_name: str | None = None,
+) -> dict[str, str]:
+    """sd-scripts' `ss_*` metadata (what A1111's and Civitai's metadata viewers read) plus minimal modelspec.
+
+    `tag_frequency` is {dataset folder: {tag: count}}, as sd-scripts writes it. `text_encoder_lr` None or 0
+    means the text encoder was not trained. `extra` entries (e.g. more `ss_*` keys) override the defaults.
+    All values are strings, as safetensors metadata requires.
+    """
+    _check_family(family)
+    width, height = _resolution_str(resolution)
+    started = time.time() if training_started_at is None else training_started_at
+    te_lr = 0.0 if text_encoder_lr is None else float(text_encoder_lr)
+    name = output_name or Path(base_model).stem
+    meta: dict[str, str] = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(int(rank)),
+        "ss_network_alpha": str(float(alpha)),
+        "ss_learning_rate": str(float(unet_lr)),
+        "ss_unet_lr": str(float(unet_lr)),
+        "ss_text_encoder_lr": str(te_lr),
+        "ss_network_train_unet_only": str(te_lr == 0.0),
+        "ss_num_epochs": str(int(epochs)),
+        "ss_epoch": str(int(epoch)),
+        "ss_steps": str(int(steps)),
+        "ss_base_model_version": BASE_MODEL_VERSION[family],
+        "ss_v2": "False",
+        # sd-scripts stores the checkpoint's file name (A1111 matches on it), not a full local path.
+        "ss_sd_model_name": Path(base_model).name or base_model,
+        "ss_resolution": str((width, height)),
+        "ss_tag_frequency": json.dumps({k: dict(v) for k, v in tag_frequency.items()}, ensure_ascii=False),
+        "ss_training_started_at": str(started),
+        "ss_training_finished_at": str(time.time()),
+        "ss_output_name": name,
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": _MODELSPEC_ARCH[family],
+        "modelspec.implementation": _MODELSPEC_IMPL[family],
+        "modelspec.title": name,
+        "modelspec.resolution": f"{width}x{height}",
+        "modelspec.prediction_type": "epsilon",
+        "modelspec.date": datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    for key, value in (extra or {}).items():
+        meta[str(key)] = str(value)
+    return meta
+
+
+def _addnet_hashes(data: bytes) -> tuple[str, str]:
+    """sd-scripts' `sshs_model_hash` (sha256 of the tensor bytes) and `sshs_legacy_hash` (A1111's old hash)."""
+    header_len = int.from_bytes(data[:8], "little")
+    model_hash = hashlib.sha256(data[8 + header_len :]).hexdigest()
+    legacy_hash = hashlib.sha256(data[0x100000 : 0x100000 + 0x10000]).hexdigest()[:8]
+    return model_hash, legacy_hash
+
+
+def save_kohya_lora(
+    path: Path,
+    state: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str],
+    dtype: torch.dtype = torch.float16,
+) -> Path:
+    """Write `state` (kohya keys) as safetensors with `metadata`, atomically (temp file, then rename).
+
+    Floating-point tensors, `.alpha` included, are saved in `dtype` (fp16 by default, as sd-scripts does).
+    Adds sd-scripts' `sshs_model_hash` / `sshs_legacy_hash` computed like sd-scripts (over the `ss_*` metadata only).
+    """
+    path = Path(path)
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"safetensors metadata must be str → str, got {key!r}: {type(value).__name__}")
+    tensors = {
+        key: (t.detach().to("cpu", dtype=dtype) if t.is_floating_point() else t.detach().cpu()).contiguous()
+        for key, t in state.items()
+    }
+    meta = dict(metadata)
+    ss_only = {k: v for k, v in meta.items() if k.startswith("ss_")}
+    meta["sshs_model_hash"], meta["sshs_legacy_hash"] = _addnet_hashes(safetensors_save(tensors, ss_only))
+    data = safetensors_save(tensors, meta)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return path
+
+
+def epoch_file_name(name: str, epoch: int) -> str:
+    """`<name>-01.safetensors` (two digits at least, like sd-scripts)."""
+    return _EPOCH_FILE.format(name=name, epoch=epoch)
+
+
+def keep_last(folder: Path, name: str, n: int) -> list[Path]:
+    """Delete all but the newest `n` per-epoch files `<name>-NN.safetensors` in `folder`; return the deleted.
+
+    "Newest" is the highest epoch number. The final `<name>.safetensors` and other names are never touched.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    pattern = re.compile(rf"^{re.escape(name)}-(\d+)\.safetensors$")
+    epochs: list[tuple[int, Path]] = []
+    for entry in Path(folder).iterdir():
+        match = pattern.match(entry.name)
+        if match and entry.is_file():
+            epochs.append((int(match[1]), entry))
+    epochs.sort()
+    doomed = [p for _, p in epochs[: max(0, len(epochs) - n)]]
+    for p in doomed:
+        p.unlink(missing_ok=True)
+    return doomed
