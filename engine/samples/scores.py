@@ -1,0 +1,79 @@
+"""Numbers for "is this LoRA good, and at which epoch and weight?".
+
+- Fidelity (trigger prompts): the share of the character's tags — the traits the member pruned, and the
+  dataset's frequent tags — that the tagger finds in the sample. High = the character comes through.
+- Leak (control prompts, no trigger): how far a sample moved from the same prompt and seed at weight 0,
+  in pixels and in tags. High = the LoRA bends prompts that never asked for the character.
+The recommendation: the best fidelity among the cells whose leak stays under the threshold."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+
+def fidelity(found: Iterable[str], character_tags: Iterable[str]) -> float:
+    """Share of `character_tags` present in `found` (tag sets as the tagger writes them)."""
+    wanted = {tag.lower() for tag in character_tags}
+    if not wanted:
+        return 0.0
+    return len(wanted & {tag.lower() for tag in found}) / len(wanted)
+
+
+def pixel_distance(image: Image.Image, base: Image.Image) -> float:
+    """Mean absolute difference, 0 (identical) to 1 (black vs white everywhere)."""
+    if image.size != base.size:
+        raise ValueError(f"images of different sizes: {image.size} and {base.size}")
+    a = np.asarray(image.convert("RGB"), dtype=np.float32)
+    b = np.asarray(base.convert("RGB"), dtype=np.float32)
+    return float(np.abs(a - b).mean() / 255.0)
+
+
+def tag_distance(tags: Iterable[str], base_tags: Iterable[str]) -> float:
+    """1 − Jaccard similarity of the two tag sets (0 = same tags; two empty sets are the same)."""
+    a, b = {t.lower() for t in tags}, {t.lower() for t in base_tags}
+    union = a | b
+    return 0.0 if not union else 1.0 - len(a & b) / len(union)
+
+
+def leak(pixel: float, tags: float) -> float:
+    """One leak number per sample: the larger of the two distances (either kind of drift counts)."""
+    return max(pixel, tags)
+
+
+@dataclass(frozen=True)
+class CellScore:
+    epoch: int
+    weight: float
+    fidelity: float   # mean over the trigger prompts' samples
+    leak: float       # mean over the control prompts' samples
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    epoch: int
+    weight: float
+    explanation: str
+
+
+def recommend(scores: Sequence[CellScore], *, max_leak: float) -> Recommendation:
+    """Best fidelity with leak ≤ max_leak; ties go to the lower weight (less leak elsewhere), then the
+    earlier epoch (less overfit). If every cell leaks too much, the least leaky one, said plainly."""
+    if not scores:
+        raise ValueError("no scores to recommend from")
+    candidates = [s for s in scores if s.weight > 0]  # weight 0 is the base model, not a choice
+    if not candidates:
+        raise ValueError("only weight-0 scores: nothing was sampled with the LoRA on")
+    safe = [s for s in candidates if s.leak <= max_leak]
+    if safe:
+        best = max(safe, key=lambda s: (s.fidelity, -s.weight, -s.epoch))
+        return Recommendation(best.epoch, best.weight, (
+            f"Epoch {best.epoch} at weight {best.weight:g} shows the most of your character "
+            f"({best.fidelity:.0%} of its tags) while changing other prompts by only {best.leak:.0%}."))
+    best = min(candidates, key=lambda s: (s.leak, -s.fidelity))
+    return Recommendation(best.epoch, best.weight, (
+        f"Every epoch and weight changes prompts without the trigger by more than {max_leak:.0%}; the least "
+        f"is epoch {best.epoch} at weight {best.weight:g} ({best.leak:.0%}). Try fewer epochs, a lower learning "
+        "rate or more regularization pictures."))

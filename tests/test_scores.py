@@ -1,0 +1,61 @@
+"""Quality scores on controlled inputs, and the recommendation rule."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.samples.scores import (
+    CellScore, fidelity, leak, pixel_distance, recommend, tag_distance,
+)
+
+
+def flat(value: int, size: int = 8) -> Image.Image:
+    return Image.fromarray(np.full((size, size, 3), value, dtype=np.uint8))
+
+
+def test_fidelity_is_the_share_of_character_tags_found() -> None:
+    traits = ["long hair", "brown eyes", "muscular", "beard"]
+    assert fidelity(["long hair", "Brown Eyes", "shirt"], traits) == 0.5
+    assert fidelity([], traits) == 0.0 and fidelity(traits, traits) == 1.0
+    assert fidelity(["anything"], []) == 0.0
+
+
+def test_pixel_distance_on_known_images() -> None:
+    assert pixel_distance(flat(100), flat(100)) == 0.0
+    assert pixel_distance(flat(0), flat(255)) == 1.0
+    assert pixel_distance(flat(0), flat(51)) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="different sizes"):
+        pixel_distance(flat(0, 8), flat(0, 16))
+
+
+def test_tag_distance_is_one_minus_jaccard() -> None:
+    assert tag_distance(["a", "b"], ["a", "b"]) == 0.0
+    assert tag_distance(["a", "b"], ["b", "c"]) == pytest.approx(1 - 1 / 3)
+    assert tag_distance([], []) == 0.0 and tag_distance(["a"], []) == 1.0
+    assert leak(0.1, 0.4) == 0.4
+
+
+def grid(*cells: tuple[int, float, float, float]) -> list[CellScore]:
+    return [CellScore(epoch, weight, fid, lk) for epoch, weight, fid, lk in cells]
+
+
+def test_recommendation_is_best_fidelity_under_the_leak_threshold() -> None:
+    scores = grid((1, 0.0, 0.0, 0.0), (1, 0.6, 0.5, 0.05), (1, 1.0, 0.7, 0.30),
+                  (2, 0.6, 0.8, 0.08), (2, 1.0, 0.9, 0.25))
+    choice = recommend(scores, max_leak=0.1)
+    assert (choice.epoch, choice.weight) == (2, 0.6)
+    assert "Epoch 2 at weight 0.6" in choice.explanation and "80%" in choice.explanation
+
+
+def test_ties_prefer_lower_weight_then_earlier_epoch() -> None:
+    scores = grid((3, 0.8, 0.8, 0.0), (2, 0.8, 0.8, 0.0), (2, 0.4, 0.8, 0.0))
+    assert (recommend(scores, max_leak=0.1).epoch, recommend(scores, max_leak=0.1).weight) == (2, 0.4)
+
+
+def test_everything_leaks_gives_the_least_leaky_with_advice() -> None:
+    scores = grid((1, 0.0, 0.0, 0.0), (1, 1.0, 0.9, 0.5), (2, 0.4, 0.3, 0.2))
+    choice = recommend(scores, max_leak=0.1)
+    assert (choice.epoch, choice.weight) == (2, 0.4) and "more regularization pictures" in choice.explanation
+    with pytest.raises(ValueError, match="only weight-0"):
+        recommend(grid((1, 0.0, 0.0, 0.0)), max_leak=0.1)
