@@ -205,7 +205,8 @@ def _inspect_single_file(path: Path) -> tuple[Family, Prediction]:
 # --- the Hub -----------------------------------------------------------------------------------------
 
 
-def _hub_snapshot(repo_id: str, cache_dir: str, allow: list[str], ignore: list[str]) -> Path:
+def _hub_snapshot(repo_id: str, cache_dir: str, allow: list[str], ignore: list[str],
+                  what: str = "the base model") -> Path:
     """The cached snapshot first (no network call at all once downloaded), else download it."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
@@ -235,7 +236,7 @@ def _hub_snapshot(repo_id: str, cache_dir: str, allow: list[str], ignore: list[s
     except (OSError, ValueError) as exc:
         # Network failures (and offline mode) surface as LocalEntryNotFoundError / connection errors.
         why = "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else f"no internet? {_first_line(exc)}"
-        raise SetupError(f"could not download the base model {repo_id} ({why}): {manual}") from None
+        raise SetupError(f"could not download {what} {repo_id} ({why}): {manual}") from None
 
 
 # --- loading -----------------------------------------------------------------------------------------
@@ -257,10 +258,10 @@ def load_pipeline(info: BaseModelInfo, *, dtype: Any, device: str = "cpu", confi
     try:
         if info.source == "single_file":
             config_folder = _single_file_config(info.family, config, cache_dir)
-            pipeline = cls.from_single_file(str(info.path), config=str(config_folder), torch_dtype=dtype,
+            pipeline = cls.from_single_file(str(info.path), config=str(config_folder), dtype=dtype,
                                             local_files_only=True, **extra)
         else:
-            pipeline = cls.from_pretrained(str(info.path), torch_dtype=dtype, local_files_only=True, **extra)
+            pipeline = cls.from_pretrained(str(info.path), dtype=dtype, local_files_only=True, **extra)
     except SetupError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -276,4 +277,5 @@ def _single_file_config(family: Family, config: str | Path | None, cache_dir: st
     if config is not None and Path(config).expanduser().is_dir():
         return Path(config).expanduser()
     repo_id = str(config) if config is not None else SINGLE_FILE_CONFIG_REPOS[family]
-    return _hub_snapshot(repo_id, cache_dir, _CONFIG_ALLOW, [])
+    return _hub_snapshot(repo_id, cache_dir, _CONFIG_ALLOW, [],
+                        what="the component configs a single-file checkpoint is loaded with, from")
