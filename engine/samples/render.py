@@ -1,0 +1,232 @@
+"""Render the sample images of DESIGN §1 step 7: for each saved epoch's LoRA file, fixed prompts and seeds
+at several LoRA weights, then one labelled grid per prompt (rows = epochs, columns = weights).
+
+How the weight sweep is done (diffusers 0.42 / peft 0.21):
+- The base pipeline is loaded once. Each LoRA file is loaded into it in memory
+  (`load_lora_weights(path, adapter_name=…)`) and taken out again with `unload_lora_weights()`, which
+  removes the peft layers from the UNet *and* the text encoder(s); the frozen base weights are never
+  touched (nothing is fused), so the next file starts from the exact base model.
+- The weight is set with `set_adapters([name], adapter_weights=[w])`. That sets peft's scaling to
+  w · alpha / rank in every LoRA layer of the UNet and of the text encoder(s) — an absolute value.
+  `cross_attention_kwargs={"scale": w}` scales both too, but by multiplying the current scaling by w and
+  dividing it back afterwards (and resetting it on w = 0), so repeated sweeps drift by rounding;
+  set_adapters does not. We therefore never pass cross_attention_kwargs as well (it would square the weight).
+- Weight 0 is the base model: those images are the same for every LoRA file, so they are rendered once,
+  with no LoRA loaded at all, and reused for every row (the base-model column).
+- Every image gets a fresh `torch.Generator(device).manual_seed(seed)`, so a cell is reproducible on its own.
+torch and diffusers are imported where they are used.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from engine.models.base import BaseModelInfo, load_pipeline
+from engine.samples.grid import GridImage, encode_for_discord
+
+DEFAULT_WEIGHTS = (0.0, 0.4, 0.6, 0.8, 1.0)
+DEFAULT_NEGATIVE = "lowres, bad anatomy, bad hands, worst quality, low quality, jpeg artifacts, blurry"
+
+
+def default_prompts(trigger: str, class_name: str) -> tuple[list[str], list[str]]:
+    """(trigger prompts, control prompts).
+
+    The trigger prompts show the character in a few contexts (a portrait, a full figure in a scene, a
+    different expression), so fidelity is not judged on one framing the dataset happened to favour.
+    The control prompts never name the trigger: "a {class} standing in a park" is the second trigger prompt
+    without the trigger, so any drift toward the character there is the LoRA taking over its whole class
+    (every man looks like XingBar); "a castle on a hill at sunset" shares nothing with the dataset, so drift
+    there is style leak. Both compare against the same prompt and seed at weight 0 (the base model)."""
+    trigger, class_name = trigger.strip(), class_name.strip()
+    if not trigger:
+        raise ValueError("the trigger word is empty: set the project's trigger word first")
+    if not class_name:
+        raise ValueError("the class is empty: set the project's class (e.g. man, woman, 1girl) first")
+    trigger_prompts = [
+        f"{trigger}, portrait",
+        f"{trigger} {class_name} standing in a park",
+        f"{trigger}, upper body, smiling",
+    ]
+    control_prompts = [f"a {class_name} standing in a park", "a castle on a hill at sunset"]
+    return trigger_prompts, control_prompts
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    prompts: list[str]                       # trigger prompts
+    control_prompts: list[str] = field(default_factory=list)   # prompts without the trigger (leak)
+    negative_prompt: str = DEFAULT_NEGATIVE
+    weights: list[float] = field(default_factory=lambda: list(DEFAULT_WEIGHTS))
+    seeds: list[int] = field(default_factory=lambda: [42])
+    steps: int = 28
+    guidance: float = 7.0
+    size: tuple[int, int] = (512, 512)       # (width, height)
+
+    def all_prompts(self) -> list[tuple[str, bool]]:
+        """(prompt, is_control), trigger prompts first."""
+        return [(p, False) for p in self.prompts] + [(p, True) for p in self.control_prompts]
+
+    def check(self) -> None:
+        if not self.all_prompts():
+            raise ValueError("no sample prompts: give at least one prompt")
+        if any(not p.strip() for p, _ in self.all_prompts()):
+            raise ValueError("a sample prompt is empty")
+        if not self.weights:
+            raise ValueError("no LoRA weights to sample at: give at least one (e.g. 0, 0.6, 1.0)")
+        if any(not 0.0 <= float(w) <= 2.0 for w in self.weights):
+            raise ValueError(f"LoRA weights must lie between 0 and 2, got {list(self.weights)}")
+        if len(set(map(float, self.weights))) != len(self.weights):
+            raise ValueError(f"LoRA weights repeat: {list(self.weights)}")
+        if not self.seeds:
+            raise ValueError("no seeds: give at least one")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds repeat: {list(self.seeds)}")
+        if not 1 <= self.steps <= 150:
+            raise ValueError(f"sampling steps must be 1 to 150, got {self.steps}")
+        if not 0.0 <= self.guidance <= 30.0:
+            raise ValueError(f"guidance must be 0 to 30, got {self.guidance}")
+        width, height = self.size
+        if width % 8 or height % 8 or not (64 <= width <= 2048 and 64 <= height <= 2048):
+            raise ValueError(f"sample size must be 64–2048 px and a multiple of 8 each way, got {width}×{height}")
+
+
+@dataclass(frozen=True)
+class Sample:
+    label: str          # the LoRA file's label (epoch name)
+    weight: float
+    prompt: str
+    seed: int
+    is_control: bool
+    image: Image.Image
+
+
+def _weight_label(weight: float) -> str:
+    return "0 (base)" if weight == 0 else f"{weight:g}"
+
+
+class SampleRenderer:
+    """Holds one base pipeline and renders sweeps of LoRA files through it.
+
+    Not thread-safe: one render at a time (the worker process runs one job at a time anyway)."""
+
+    def __init__(self, info: BaseModelInfo, *, device: str = "cpu", dtype: Any = None,
+                 config: str | Path | None = None, cache_dir: str = "") -> None:
+        import torch
+
+        if dtype is None:
+            dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+        self.info = info
+        self.device = str(device)
+        self.pipeline = load_pipeline(info, dtype=dtype, device=self.device, config=config, cache_dir=cache_dir)
+        pipe = self.pipeline
+        if hasattr(pipe, "safety_checker"):
+            pipe.safety_checker = None
+        pipe.set_progress_bar_config(disable=True)
+        if getattr(pipe.unet, "is_gradient_checkpointing", False):
+            pipe.unet.disable_gradient_checkpointing()
+        for name in ("text_encoder", "text_encoder_2"):
+            encoder = getattr(pipe, name, None)
+            # transformers 5 renamed is_gradient_checkpointing (deprecated) to is_activation_checkpointing.
+            flag = "is_activation_checkpointing" if hasattr(type(encoder), "is_activation_checkpointing") \
+                else "is_gradient_checkpointing"
+            if encoder is not None and getattr(encoder, flag, False):
+                encoder.gradient_checkpointing_disable()
+        for module in (getattr(pipe, n, None) for n in ("unet", "vae", "text_encoder", "text_encoder_2")):
+            if module is not None:
+                module.eval()
+        self._adapter_counter = 0
+
+    def _image(self, spec: SampleSpec, prompt: str, seed: int) -> Image.Image:
+        import torch
+
+        width, height = spec.size
+        result = self.pipeline(
+            prompt=prompt,
+            negative_prompt=spec.negative_prompt or None,
+            num_inference_steps=spec.steps,
+            guidance_scale=spec.guidance,
+            width=width,
+            height=height,
+            generator=torch.Generator(self.device).manual_seed(seed),
+            output_type="pil",
+        )
+        return result.images[0]
+
+    def _unload(self) -> None:
+        self.pipeline.unload_lora_weights()
+
+    def render(self, lora_files: Mapping[str, Path], spec: SampleSpec) -> list[Sample]:
+        """Every (label, weight, prompt, seed) cell: labels in the order given, then weights, prompts, seeds.
+        Weight-0 cells share one base-model image per (prompt, seed)."""
+        spec.check()
+        if not lora_files:
+            raise ValueError("no LoRA files to sample")
+        for label, path in lora_files.items():
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"LoRA file for {label!r} not found: {path}")
+        cases = [(prompt, is_control, seed) for prompt, is_control in spec.all_prompts() for seed in spec.seeds]
+        weights = [float(w) for w in spec.weights]
+        self._unload()  # start from the base model even if someone left a LoRA in
+        base: dict[tuple[str, int], Image.Image] = {}
+        if 0.0 in weights:
+            for prompt, _, seed in cases:
+                base[(prompt, seed)] = self._image(spec, prompt, seed)
+        samples: list[Sample] = []
+        for label, path in lora_files.items():
+            self._adapter_counter += 1
+            adapter = f"sample_{self._adapter_counter}"
+            try:
+                try:
+                    self.pipeline.load_lora_weights(str(path), adapter_name=adapter)
+                except (ValueError, KeyError, RuntimeError, OSError) as exc:
+                    raise ValueError(f"LoRA file {label!r} ({Path(path).name}) could not be loaded into the "
+                                     f"{self.info.family} base model: {exc}") from exc
+                for weight in weights:
+                    if weight == 0.0:
+                        samples += [Sample(label, 0.0, prompt, seed, is_control, base[(prompt, seed)])
+                                    for prompt, is_control, seed in cases]
+                        continue
+                    # Absolute scale = weight · alpha / rank, in the UNet and the text encoder(s) alike.
+                    self.pipeline.set_adapters([adapter], adapter_weights=[weight])
+                    samples += [Sample(label, weight, prompt, seed, is_control, self._image(spec, prompt, seed))
+                                for prompt, is_control, seed in cases]
+            finally:
+                self._unload()
+        return samples
+
+
+def grids(samples: Sequence[Sample], *, title: str, max_bytes: int, cell: int = 256) -> list[GridImage]:
+    """One grid per prompt (in the order the samples name them): rows = labels (× seed when there are
+    several seeds), columns = weights ascending. A grid too big for `max_bytes` comes back split into
+    several images by encode_for_discord, so the list may hold more images than prompts; each image's
+    title names its prompt."""
+    if not samples:
+        raise ValueError("no samples to lay out")
+    prompts: dict[str, bool] = {}
+    labels: dict[str, None] = {}
+    seeds: dict[int, None] = {}
+    for s in samples:
+        prompts.setdefault(s.prompt, s.is_control)
+        labels.setdefault(s.label, None)
+        seeds.setdefault(s.seed, None)
+    weights = sorted({float(s.weight) for s in samples})
+    by_key = {(s.prompt, s.label, s.seed, float(s.weight)): s.image for s in samples}
+    out: list[GridImage] = []
+    for prompt, is_control in prompts.items():
+        rows = [(label, seed) for label in labels for seed in seeds]
+        cells, row_labels = [], []
+        for label, seed in rows:
+            try:
+                cells.append([by_key[(prompt, label, seed, w)] for w in weights])
+            except KeyError as exc:
+                raise ValueError(f"missing sample for prompt {prompt!r}, {label}, seed {seed}: "
+                                 f"weight {exc.args[0][3]:g}") from None
+            row_labels.append(label if len(seeds) == 1 else f"{label} seed {seed}")
+        kind = "control, no trigger" if is_control else "trigger"
+        out += encode_for_discord(cells, row_labels=row_labels, col_labels=[_weight_label(w) for w in weights],
+                                  title=f"{title}: {prompt} ({kind})", max_bytes=max_bytes, cell=cell)
+    return out
