@@ -1,0 +1,226 @@
+"""The training data of a LoRA run, as kohya sd-scripts arranges it (DESIGN §3).
+
+- `load_items`: the pictures of `dataset/` and `reg/` with their captions (same-name `.txt`).
+- `epoch_schedule`: one epoch's samples — every training picture `repeats` times, regularization pictures
+  balanced round-robin to the same number (flagged `is_reg`, weighted by prior_loss_weight), shuffled with
+  a per-epoch seed, so a resumed run sees exactly the epochs it would have seen.
+- `shuffle_caption`: tags after the first `keep_tokens` shuffled (the trigger word stays first).
+- Aspect-ratio buckets (`make_buckets`, `pick_bucket`, `make_batches`): each picture is resized and
+  centre-cropped to the bucket closest to its aspect ratio; a batch holds one bucket only.
+- Caches keyed by sample, never by step index (the bug in diffusers' advanced script): latents by
+  (picture, bucket, flip), text embeddings by caption text.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")   # what kohya sd-scripts loads
+
+Bucket = tuple[int, int]   # (width, height) in pixels
+
+
+@dataclass(frozen=True)
+class Item:
+    path: Path
+    caption: str
+
+
+@dataclass(frozen=True)
+class Sample:
+    item: Item
+    is_reg: bool = False
+
+
+def _pictures(folder: Path | None) -> list[Item]:
+    if folder is None or not Path(folder).is_dir():
+        return []
+    items = []
+    for path in sorted(Path(folder).iterdir()):
+        if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        text = path.with_suffix(".txt")
+        if text.is_file():
+            caption = text.read_text(encoding="utf-8", errors="replace").strip()
+        else:
+            log.warning("%s has no caption file (%s): training it with an empty caption", path.name, text.name)
+            caption = ""
+        items.append(Item(path, caption))
+    return items
+
+
+def load_items(dataset_dir: Path, reg_dir: Path | None) -> tuple[list[Item], list[Item]]:
+    """(training items, regularization items), each sorted by file name. A missing caption becomes ""."""
+    return _pictures(dataset_dir), _pictures(reg_dir)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (int(seed) * 1_000_003 + int(epoch) * 7919) % (2**32)
+
+
+def epoch_schedule(train: list[Item], reg: list[Item], repeats: int, seed: int, epoch: int) -> list[Sample]:
+    """Every training item `repeats` times; with reg items, as many reg samples (round-robin, so a few reg
+    pictures are cycled and surplus ones unused); shuffled with a seed derived from (seed, epoch)."""
+    samples = [Sample(item, False) for item in train for _ in range(repeats)]
+    if reg:
+        count = len(samples)
+        samples += [Sample(reg[i % len(reg)], True) for i in range(count)]
+    random.Random(epoch_seed(seed, epoch)).shuffle(samples)
+    return samples
+
+
+def shuffle_caption(caption: str, keep_tokens: int, rng: random.Random) -> str:
+    """Comma-separated tags; the first `keep_tokens` stay in place, the rest are shuffled."""
+    tags = [t.strip() for t in caption.split(",") if t.strip()]
+    head, tail = tags[:keep_tokens], tags[keep_tokens:]
+    rng.shuffle(tail)
+    return ", ".join(head + tail)
+
+
+def with_trigger(caption: str, trigger: str) -> str:
+    """The caption with the trigger word as its first tag (added if the tagger's caption lacks it)."""
+    trigger = trigger.strip()
+    if not trigger:
+        return caption
+    tags = [t.strip() for t in caption.split(",") if t.strip()]
+    if tags and tags[0] == trigger:
+        return caption
+    tags = [t for t in tags if t != trigger]
+    return ", ".join([trigger, *tags])
+
+
+# --- aspect-ratio buckets ---------------------------------------------------------------------------
+
+
+def make_buckets(resolution: int, bucket_min: int, bucket_max: int, step: int) -> list[Bucket]:
+    """sd-scripts' bucket list: widths from min to max in `step`s, each with the largest height (a multiple
+    of `step`, ≤ max) keeping the area ≤ resolution²; both orientations; plus the square."""
+    area = resolution * resolution
+    buckets = {(resolution, resolution)}
+    width = bucket_min
+    while width <= bucket_max:
+        height = min(bucket_max, (area // width) // step * step)
+        if height >= bucket_min:
+            buckets.add((width, height))
+            buckets.add((height, width))
+        width += step
+    return sorted(buckets)
+
+
+def pick_bucket(size: tuple[int, int], buckets: list[Bucket]) -> Bucket:
+    """The bucket whose aspect ratio is closest to the picture's (ties: the larger area)."""
+    width, height = size
+    ratio = math.log(width / height)
+    return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ratio), -b[0] * b[1]))
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        return image.size
+
+
+def load_pixels(path: Path, bucket: Bucket, flip: bool = False) -> torch.Tensor:
+    """The picture resized to cover `bucket`, centre-cropped to it, optionally mirrored: a (3, H, W) float
+    tensor in [-1, 1]. Transparency is composited on white."""
+    width, height = bucket
+    with Image.open(path) as opened:
+        image = ImageOps.exif_transpose(opened)
+        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, rgba)
+        image = image.convert("RGB")
+    scale = max(width / image.width, height / image.height)
+    resized = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    image = image.resize(resized, Image.Resampling.LANCZOS)
+    left, top = (resized[0] - width) // 2, (resized[1] - height) // 2
+    image = image.crop((left, top, left + width, top + height))
+    if flip:
+        image = ImageOps.mirror(image)
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def make_batches(samples: list[Sample], bucket_of: Callable[[Sample], Bucket], batch_size: int,
+                 rng: random.Random) -> list[list[Sample]]:
+    """Group samples by bucket (keeping their shuffled order), cut each group into batches, shuffle the
+    batches. Every batch holds one bucket only."""
+    groups: dict[Bucket, list[Sample]] = {}
+    for sample in samples:
+        groups.setdefault(bucket_of(sample), []).append(sample)
+    batches = [group[i:i + batch_size] for _, group in sorted(groups.items())
+               for i in range(0, len(group), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def count_batches(samples: list[Sample], bucket_of: Callable[[Sample], Bucket], batch_size: int) -> int:
+    counts: dict[Bucket, int] = {}
+    for sample in samples:
+        bucket = bucket_of(sample)
+        counts[bucket] = counts.get(bucket, 0) + 1
+    return sum(math.ceil(n / batch_size) for n in counts.values())
+
+
+# --- caches -----------------------------------------------------------------------------------------
+
+
+class KeyedCache:
+    """A dict with hit/miss counts. Keys describe the sample (picture, bucket, flip) or the caption text."""
+
+    def __init__(self) -> None:
+        self._data: dict[Hashable, Any] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        if key in self._data:
+            self.hits += 1
+            return self._data[key]
+        self.misses += 1
+        value = compute()
+        self._data[key] = value
+        return value
+
+    def peek(self, key: Hashable) -> Any:
+        return self._data.get(key)
+
+    def keys(self) -> list[Hashable]:
+        return list(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def latent_key(path: Path, bucket: Bucket, flip: bool) -> tuple[str, int, int, bool]:
+    return (str(path), bucket[0], bucket[1], bool(flip))
+
+
+class LatentCache(KeyedCache):
+    """Latents keyed by (picture, bucket, flip): the VAE posterior mean × scaling factor, kept on the CPU."""
+
+    def __init__(self, vae: torch.nn.Module, device: str | torch.device) -> None:
+        super().__init__()
+        self.vae = vae
+        self.device = device
+
+    def encode(self, path: Path, bucket: Bucket, flip: bool) -> torch.Tensor:
+        pixels = load_pixels(path, bucket, flip).unsqueeze(0).to(self.device, dtype=self.vae.dtype)
+        with torch.no_grad():
+            latent = self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor
+        return latent[0].float().cpu()
+
+    def latent(self, path: Path, bucket: Bucket, flip: bool) -> torch.Tensor:
+        return self.get(latent_key(path, bucket, flip), lambda: self.encode(path, bucket, flip))

@@ -1,0 +1,458 @@
+"""Train a LoRA on a Stable Diffusion 1.x base model, the way kohya sd-scripts does (DESIGN §3).
+
+`train(spec, report)` loads the pipeline once, freezes it, injects LoRA (UNet, and the text encoder when
+`train_text_encoder`), and runs epochs of bucketed batches: DDPM noise from the base model's scheduler
+config, epsilon or v-prediction targets, min-SNR-γ weighting, noise offset, multires noise, per-sample
+prior-loss weight for regularization pictures, autocast on CUDA only (LoRA parameters stay fp32).
+
+Files, in `<project>/output/`: `<name>-NN.safetensors` every `save_every_n_epochs` epochs (kohya keys, real
+alpha, ss_* metadata), the newest `keep_last_n` kept, `state/state.pt` (LoRA weights, optimizer, lr
+scheduler, epoch, step, RNG) to resume from, and `<name>.safetensors` (the last epoch) at the end.
+SDXL is not trained here yet: it is refused with a clear error.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from engine.errors import Invalid, UserError
+from engine.jobs.context import JobFailed
+from engine.models.base import load_pipeline, resolve_base_model
+from engine.training import data
+from engine.training.kohya_format import (
+    epoch_file_name, keep_last, kohya_metadata, save_kohya_lora, to_kohya_state_dict,
+)
+from engine.training.lora_inject import add_text_encoder_lora, add_unet_lora, lora_state_dict
+from engine.training.options import TrainOptions
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+STATE_VERSION = 1
+MAX_GRAD_NORM = 1.0   # sd-scripts' default
+EMA_DECAY = 0.9
+
+
+class TrainingDiverged(JobFailed, UserError):
+    """The loss became NaN/inf: the LoRA is ruined from that step on."""
+
+
+class TrainingOOM(JobFailed, UserError):
+    """CUDA ran out of memory."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    epoch: int
+    step: int            # global step, 1-based
+    total_steps: int
+    loss: float          # EMA-smoothed
+    lr: float            # the UNet learning rate now
+    it_s: float          # steps per second in this run
+    eta_s: float
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    project_dir: Path
+    name: str
+    base_model: str
+    options: TrainOptions
+    trigger: str = ""
+    device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
+    resume: bool = False
+    tag_frequency: Mapping[str, Mapping[str, int]] | None = None
+    log: Callable[[str], None] | None = None   # lines for the member (e.g. "8-bit AdamW unavailable")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    final_path: Path
+    epoch_paths: tuple[Path, ...]     # per-epoch files still on disk
+    total_steps: int
+    steps_per_epoch: int
+    final_loss: float                 # EMA-smoothed
+    steps_per_second: float
+    resumed_from_epoch: int           # 0 for a fresh run
+    latent_cache_hits: int
+    latent_cache_misses: int
+    text_cache_hits: int
+
+
+def output_dir(project_dir: Path) -> Path:
+    return Path(project_dir) / "output"
+
+
+def _say(spec: TrainSpec, message: str) -> None:
+    log.info(message)
+    if spec.log is not None:
+        spec.log(message)
+
+
+# --- pieces -----------------------------------------------------------------------------------------
+
+
+def _optimizer(spec: TrainSpec, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    name = spec.options.optimizer
+    if name == "prodigy":
+        if importlib.util.find_spec("prodigyopt") is None:
+            raise Invalid("optimizer prodigy needs the prodigyopt package, which is not installed on this "
+                          "server: choose adamw or adamw8bit, or ask the server owner to install prodigyopt")
+        from prodigyopt import Prodigy
+
+        return Prodigy(groups, weight_decay=0.01)
+    if name == "adamw8bit":
+        if spec.device.startswith("cuda") and importlib.util.find_spec("bitsandbytes") is not None:
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(groups, weight_decay=0.01)
+        why = "not on a CUDA GPU" if not spec.device.startswith("cuda") else "bitsandbytes is not installed"
+        _say(spec, f"8-bit AdamW is unavailable ({why}): using AdamW, which needs a little more memory")
+    return torch.optim.AdamW(groups, weight_decay=0.01)
+
+
+def _lr_scheduler(options: TrainOptions, optimizer: torch.optim.Optimizer, total: int, warmup: int) -> Any:
+    from diffusers.optimization import get_scheduler
+
+    name = options.lr_scheduler
+    if name == "constant" and warmup > 0:
+        name = "constant_with_warmup"
+    kwargs: dict[str, Any] = {}
+    if name == "cosine_with_restarts":
+        kwargs["num_cycles"] = options.lr_restarts
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total, **kwargs)
+
+
+def multires_noise(noise: torch.Tensor, iterations: int, discount: float, gen: torch.Generator) -> torch.Tensor:
+    """sd-scripts' pyramid noise: upsampled coarser noise added with falling weight, renormalised."""
+    b, c, h, w = noise.shape
+    for i in range(iterations):
+        r = float(torch.rand((), generator=gen)) * 2 + 2
+        hn, wn = max(1, int(h / (r ** i))), max(1, int(w / (r ** i)))
+        coarse = torch.randn(b, c, hn, wn, generator=gen)
+        noise = noise + F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False) * discount ** i
+        if hn == 1 or wn == 1:
+            break
+    return noise / noise.std()
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float,
+                    prediction: str) -> torch.Tensor:
+    snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped / (snr + 1) if prediction == "v_prediction" else clipped / snr
+
+
+class _TextEncoder:
+    """Caption → encoder hidden states with clip skip (SD1.x: hidden_states[-clip_skip] + final layer norm)."""
+
+    def __init__(self, tokenizer: Any, encoder: torch.nn.Module, clip_skip: int, device: str) -> None:
+        self.tokenizer, self.encoder, self.clip_skip, self.device = tokenizer, encoder, clip_skip, device
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(self.device)
+        if self.clip_skip <= 1:
+            return self.encoder(ids)[0]
+        out = self.encoder(ids, output_hidden_states=True)
+        hidden = out.hidden_states[-self.clip_skip]
+        norm = getattr(self.encoder, "final_layer_norm", None) or self.encoder.text_model.final_layer_norm
+        return norm(hidden)
+
+
+def _lora_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if ".lora_" in n}
+
+
+def _load_lora_params(model: torch.nn.Module, saved: Mapping[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    missing = [n for n in params if ".lora_" in n and n not in saved]
+    if missing:
+        raise Invalid(f"the saved training state does not match this LoRA ({missing[0]} missing): "
+                      "start the training again without resume")
+    with torch.no_grad():
+        for name, value in saved.items():
+            params[name].copy_(value.to(params[name].device))
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _tag_frequency(items: list[data.Item], repeats: int, name: str) -> dict[str, dict[str, int]]:
+    counts: dict[str, int] = {}
+    for item in items:
+        for tag in {t.strip() for t in item.caption.split(",") if t.strip()}:
+            counts[tag] = counts.get(tag, 0) + 1
+    return {f"{repeats}_{name}": counts}
+
+
+# --- the run ----------------------------------------------------------------------------------------
+
+
+def train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
+    try:
+        return _train(spec, report)
+    except torch.cuda.OutOfMemoryError:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise TrainingOOM(
+            "the GPU ran out of memory while training: lower batch_size (e.g. batch 1), turn on "
+            "gradient_checkpointing, or lower the resolution; the files of the last finished epoch are kept"
+        ) from None
+
+
+def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
+    opts = spec.options
+    project = Path(spec.project_dir)
+    out_dir = output_dir(project)
+    state_path = out_dir / "state" / STATE_FILE
+    device = spec.device
+    on_cuda = device.startswith("cuda")
+
+    info = resolve_base_model(spec.base_model)
+    if info.family != "sd15":
+        raise Invalid(f"base model {spec.base_model} is {info.family}: this trainer supports SD 1.x models only "
+                      "for now")
+    train_items, reg_items = data.load_items(project / "dataset", project / "reg")
+    if not train_items:
+        raise Invalid("there are no training pictures in the dataset folder: add some before training")
+
+    random.seed(opts.seed)
+    torch.manual_seed(opts.seed)
+    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(opts.mixed_precision)
+    use_amp = on_cuda and amp_dtype is not None
+    weight_dtype = amp_dtype if use_amp else torch.float32
+
+    pipe = load_pipeline(info, dtype=weight_dtype, device=device)
+    unet, text_encoder, tokenizer, vae = pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae
+    vae.to(dtype=torch.float32)   # encode in fp32: fp16 VAEs overflow into NaN latents
+    for module in (unet, text_encoder, vae):
+        module.requires_grad_(False)
+    vae.eval()
+
+    from diffusers import DDPMScheduler
+
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config, prediction_type=info.prediction)
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(torch.float32)
+    num_train_timesteps = noise_scheduler.config.num_train_timesteps
+
+    unet_params = add_unet_lora(unet, opts.network_dim, opts.network_alpha)
+    te_params: list[torch.nn.Parameter] = []
+    if opts.train_text_encoder:
+        te_params = add_text_encoder_lora(text_encoder, opts.network_dim, opts.network_alpha)
+    unet.train()
+    text_encoder.train(opts.train_text_encoder)
+    if opts.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if opts.train_text_encoder:
+            text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    groups = [{"params": unet_params, "lr": opts.unet_lr}]
+    if te_params:
+        groups.append({"params": te_params, "lr": opts.text_encoder_lr})
+    trainable = unet_params + te_params
+    optimizer = _optimizer(spec, groups)
+
+    # Buckets and the step count: the same for every epoch (only the order changes).
+    buckets = data.make_buckets(opts.resolution, opts.bucket_min, opts.bucket_max, opts.bucket_step)
+    bucket_by_path = {item.path: data.pick_bucket(data.image_size(item.path), buckets)
+                      for item in train_items + reg_items}
+
+    def bucket_of(sample: data.Sample) -> data.Bucket:
+        return bucket_by_path[sample.item.path]
+
+    steps_per_epoch = data.count_batches(data.epoch_schedule(train_items, reg_items, opts.repeats, opts.seed, 1),
+                                         bucket_of, opts.batch_size)
+    total_steps = steps_per_epoch * opts.epochs
+    if total_steps > opts.max_train_steps_cap:
+        raise Invalid(f"this would be {total_steps:,} steps; the server allows {opts.max_train_steps_cap:,}: "
+                      "lower repeats or epochs")
+    warmup = math.ceil(total_steps * opts.warmup_ratio)
+    lr_scheduler = _lr_scheduler(opts, optimizer, total_steps, warmup)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    noise_gen = torch.Generator().manual_seed(opts.seed)
+    start_epoch, global_step, ema_loss = 1, 0, float("nan")
+    if spec.resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state.get("version") != STATE_VERSION or state.get("total_steps") != total_steps \
+                or state.get("network_dim") != opts.network_dim \
+                or state.get("train_text_encoder") != opts.train_text_encoder:
+            raise Invalid("the saved training state was made with other settings or pictures: start the "
+                          "training again without resume")
+        _load_lora_params(unet, state["unet_lora"])
+        if opts.train_text_encoder:
+            _load_lora_params(text_encoder, state["te_lora"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if "scaler" in state and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
+        noise_gen.set_state(state["noise_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, global_step, ema_loss = state["epoch"] + 1, state["global_step"], state["ema_loss"]
+        _say(spec, f"resuming after epoch {state['epoch']} (step {global_step} of {total_steps})")
+    elif spec.resume:
+        _say(spec, "no saved training state to resume from: starting at epoch 1")
+    resumed_from = start_epoch - 1
+
+    latents = data.LatentCache(vae, device)
+    use_text_cache = not opts.train_text_encoder and not opts.shuffle_captions
+    text_cache = data.KeyedCache()
+    encode_text = _TextEncoder(tokenizer, text_encoder, opts.clip_skip, device)
+    tag_frequency = spec.tag_frequency or _tag_frequency(train_items, opts.repeats, spec.name)
+    started_at = time.time()
+    run_start, run_steps = time.perf_counter(), 0
+    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if use_amp else contextlib.nullcontext
+
+    def kohya_state() -> dict[str, torch.Tensor]:
+        te = [lora_state_dict(text_encoder)] if opts.train_text_encoder else []
+        return to_kohya_state_dict(lora_state_dict(unet), te, family="sd15", rank=opts.network_dim,
+                                   alpha=opts.network_alpha)
+
+    def metadata(epoch: int) -> dict[str, str]:
+        return kohya_metadata(
+            base_model=spec.base_model, family="sd15", rank=opts.network_dim, alpha=opts.network_alpha,
+            unet_lr=opts.unet_lr, text_encoder_lr=opts.text_encoder_lr if opts.train_text_encoder else None,
+            epochs=opts.epochs, epoch=epoch, steps=global_step, resolution=opts.resolution,
+            tag_frequency=tag_frequency, training_started_at=started_at, output_name=spec.name,
+            extra={
+                "ss_lr_scheduler": opts.lr_scheduler, "ss_optimizer": type(optimizer).__name__,
+                "ss_min_snr_gamma": str(opts.min_snr_gamma), "ss_noise_offset": str(opts.noise_offset),
+                "ss_multires_noise_iterations": str(opts.multires_noise_iterations),
+                "ss_multires_noise_discount": str(opts.multires_noise_discount),
+                "ss_seed": str(opts.seed), "ss_clip_skip": str(opts.clip_skip),
+                "ss_num_train_images": str(len(train_items) * opts.repeats),
+                "ss_num_reg_images": str(len(reg_items)), "ss_prior_loss_weight": str(opts.prior_loss_weight),
+                "ss_batch_size_per_device": str(opts.batch_size), "ss_max_train_steps": str(total_steps),
+                "ss_keep_tokens": str(opts.keep_tokens), "ss_shuffle_caption": str(opts.shuffle_captions),
+                "ss_flip_aug": str(opts.flip_aug), "ss_mixed_precision": opts.mixed_precision,
+                "ss_gradient_checkpointing": str(opts.gradient_checkpointing),
+                "ss_enable_bucket": "True", "ss_min_bucket_reso": str(opts.bucket_min),
+                "ss_max_bucket_reso": str(opts.bucket_max), "ss_bucket_reso_steps": str(opts.bucket_step),
+                "modelspec.prediction_type": info.prediction,
+            },
+        )
+
+    def save_epoch(epoch: int) -> Path:
+        path = save_kohya_lora(out_dir / epoch_file_name(spec.name, epoch), kohya_state(), metadata(epoch))
+        keep_last(out_dir, spec.name, opts.keep_last_n)
+        state = {
+            "version": STATE_VERSION, "epoch": epoch, "global_step": global_step, "total_steps": total_steps,
+            "network_dim": opts.network_dim, "train_text_encoder": opts.train_text_encoder,
+            "unet_lora": _lora_params(unet),
+            "te_lora": _lora_params(text_encoder) if opts.train_text_encoder else {},
+            "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+            "noise_rng": noise_gen.get_state(), "torch_rng": torch.get_rng_state(), "ema_loss": ema_loss,
+            "options": {k: v for k, v in opts.to_dict().items() if isinstance(v, (int, float, str, bool))},
+        }
+        if scaler.is_enabled():
+            state["scaler"] = scaler.state_dict()
+        _atomic_torch_save(state, state_path)
+        return path
+
+    for epoch in range(start_epoch, opts.epochs + 1):
+        rng = random.Random(data.epoch_seed(opts.seed, epoch) ^ 0x5EED)
+        samples = data.epoch_schedule(train_items, reg_items, opts.repeats, opts.seed, epoch)
+        for batch in data.make_batches(samples, bucket_of, opts.batch_size, rng):
+            flips = [opts.flip_aug and rng.random() < 0.5 for _ in batch]
+            captions = []
+            for sample in batch:
+                caption = data.with_trigger(sample.item.caption, spec.trigger)
+                if opts.shuffle_captions:
+                    caption = data.shuffle_caption(caption, opts.keep_tokens, rng)
+                captions.append(caption)
+            x0 = torch.stack([latents.latent(s.item.path, bucket_of(s), f) for s, f in zip(batch, flips, strict=True)])
+            weights = torch.tensor([opts.prior_loss_weight if s.is_reg else 1.0 for s in batch])
+
+            noise = torch.randn(x0.shape, generator=noise_gen)
+            if opts.noise_offset:
+                noise = noise + opts.noise_offset * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=noise_gen)
+            if opts.multires_noise_iterations:
+                noise = multires_noise(noise, opts.multires_noise_iterations, opts.multires_noise_discount,
+                                       noise_gen)
+            timesteps = torch.randint(0, num_train_timesteps, (x0.shape[0],), generator=noise_gen)
+            noisy = noise_scheduler.add_noise(x0, noise, timesteps)
+            if info.prediction == "v_prediction":
+                target = noise_scheduler.get_velocity(x0, noise, timesteps)
+            else:
+                target = noise
+            loss_weights = weights
+            if opts.min_snr_gamma > 0:
+                loss_weights = loss_weights * min_snr_weights(alphas_cumprod, timesteps, opts.min_snr_gamma,
+                                                              info.prediction)
+
+            with autocast():
+                if use_text_cache:
+                    hidden = torch.stack([text_cache.get(c, lambda c=c: _encode_one(encode_text, c)) for c in captions])
+                    hidden = hidden.to(device)
+                else:
+                    with torch.set_grad_enabled(opts.train_text_encoder):
+                        hidden = encode_text(captions)
+                pred = unet(noisy.to(device, dtype=weight_dtype), timesteps.to(device),
+                            hidden.to(weight_dtype)).sample
+            per_sample = F.mse_loss(pred.float(), target.to(device), reduction="none").mean(dim=(1, 2, 3))
+            loss = (per_sample * loss_weights.to(device)).mean()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                kept = sorted(out_dir.glob(f"{spec.name}-*.safetensors"))
+                last = f"; the file of the last good epoch ({kept[-1].name}) is kept" if kept else ""
+                raise TrainingDiverged(
+                    f"the loss became {'NaN' if math.isnan(value) else 'infinite'} at step {global_step + 1}: "
+                    f"lower the learning rate (unet_lr {opts.unet_lr:g}, text_encoder_lr "
+                    f"{opts.text_encoder_lr:g}), or use mixed_precision bf16 instead of fp16{last}")
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
+            scaler.step(optimizer)
+            scaler.update()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            global_step += 1
+            run_steps += 1
+            ema_loss = value if math.isnan(ema_loss) else EMA_DECAY * ema_loss + (1 - EMA_DECAY) * value
+            elapsed = time.perf_counter() - run_start
+            it_s = run_steps / elapsed if elapsed > 0 else 0.0
+            eta = (total_steps - global_step) / it_s if it_s > 0 else 0.0
+            report(Progress(epoch=epoch, step=global_step, total_steps=total_steps, loss=ema_loss,
+                            lr=float(lr_scheduler.get_last_lr()[0]), it_s=it_s, eta_s=eta))
+        if epoch % opts.save_every_n_epochs == 0 or epoch == opts.epochs:
+            save_epoch(epoch)
+
+    final = save_kohya_lora(out_dir / f"{spec.name}.safetensors", kohya_state(), metadata(opts.epochs))
+    elapsed = time.perf_counter() - run_start
+    return TrainResult(
+        final_path=final,
+        epoch_paths=tuple(sorted(out_dir.glob(f"{spec.name}-*.safetensors"))),
+        total_steps=global_step, steps_per_epoch=steps_per_epoch, final_loss=ema_loss,
+        steps_per_second=run_steps / elapsed if elapsed > 0 else 0.0, resumed_from_epoch=resumed_from,
+        latent_cache_hits=latents.hits, latent_cache_misses=latents.misses, text_cache_hits=text_cache.hits,
+    )
+
+
+def _encode_one(encode_text: _TextEncoder, caption: str) -> torch.Tensor:
+    with torch.no_grad():
+        return encode_text([caption])[0].float().cpu()
+
+
+__all__ = ["Progress", "TrainResult", "TrainSpec", "TrainingDiverged", "TrainingOOM", "output_dir", "train"]

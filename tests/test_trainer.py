@@ -1,0 +1,179 @@
+"""The LoRA trainer on a tiny SD1.5 model: files, progress, caches, resume and divergence."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from engine.devtools.pictures import picture
+from engine.devtools.tiny_models import write_tiny_models
+from engine.training import data, trainer
+from engine.training.kohya_format import KOHYA_KEY
+from engine.training.options import preset
+from engine.training.plan import make_plan
+from engine.training.trainer import Progress, TrainingDiverged, TrainSpec, train
+
+OPTIONS = dataclasses.replace(
+    preset("sd15"), resolution=64, bucket_min=64, bucket_max=64, bucket_step=64, repeats=2, epochs=2,
+    batch_size=2, network_dim=4, network_alpha=2.0, optimizer="adamw", mixed_precision="no",
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_models(tmp_path_factory.mktemp("models")).sd15
+
+
+def _project(root: Path, n: int = 2, reg: int = 0) -> Path:
+    for kind, count, offset in (("dataset", n, 0), ("reg", reg, 100)):
+        folder = root / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            (folder / f"{i}.png").write_bytes(picture(offset + i))
+            (folder / f"{i}.txt").write_text(f"tok, tag{i}, red, blue")
+    return root
+
+
+def _spec(project: Path, model: Path, **changes) -> TrainSpec:
+    options = dataclasses.replace(OPTIONS, **changes.pop("options", {}))
+    return TrainSpec(project_dir=project, name="lora", base_model=str(model), options=options, trigger="tok",
+                     device="cpu", **changes)
+
+
+def test_tiny_run_writes_kohya_files_and_reports_progress(tmp_path: Path, tiny: Path) -> None:
+    project = _project(tmp_path)
+    events: list[Progress] = []
+    result = train(_spec(project, tiny), events.append)
+
+    plan = make_plan(OPTIONS, train_images=2)
+    out = project / "output"
+    for name in ("lora-01.safetensors", "lora-02.safetensors", "lora.safetensors"):
+        assert (out / name).is_file()
+    with safe_open(str(out / "lora.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+        assert keys and all(KOHYA_KEY.match(k) for k in keys)
+        assert any(k.startswith("lora_te_text_model_encoder_layers_") for k in keys)
+        alpha = [k for k in keys if k.endswith(".alpha")][0]
+        assert float(f.get_tensor(alpha)) == 2.0
+        assert "tok" in f.metadata()["ss_tag_frequency"]
+    assert [e.step for e in events] == list(range(1, plan.total_steps + 1))
+    assert {e.total_steps for e in events} == {plan.total_steps}
+    assert [e.epoch for e in events] == sorted(e.epoch for e in events)
+    assert all(math.isfinite(e.loss) and e.it_s > 0 for e in events)
+    assert result.total_steps == plan.total_steps and math.isfinite(result.final_loss)
+    # 2 pictures, no flip: 2 VAE encodes, every later use a cache hit.
+    assert (result.latent_cache_misses, result.latent_cache_hits) == (2, 2 * plan.total_steps - 2)
+
+
+def test_reg_balancing_counts() -> None:
+    train_items = [data.Item(Path(f"t{i}.png"), "") for i in range(3)]
+    few = [data.Item(Path(f"r{i}.png"), "") for i in range(2)]
+    many = [data.Item(Path(f"r{i}.png"), "") for i in range(20)]
+    samples = data.epoch_schedule(train_items, few, 4, seed=1, epoch=1)
+    assert sum(not s.is_reg for s in samples) == 12 and sum(s.is_reg for s in samples) == 12
+    assert sorted(str(s.item.path) for s in samples if s.is_reg) == ["r0.png"] * 6 + ["r1.png"] * 6
+    used = {s.item.path.name for s in data.epoch_schedule(train_items, many, 4, seed=1, epoch=1) if s.is_reg}
+    assert used == {f"r{i}.png" for i in range(12)}
+    assert len(data.epoch_schedule(train_items, [], 4, seed=1, epoch=1)) == 12
+    one = data.epoch_schedule(train_items, few, 4, seed=1, epoch=1)
+    assert one == data.epoch_schedule(train_items, few, 4, seed=1, epoch=1)
+    assert one != data.epoch_schedule(train_items, few, 4, seed=1, epoch=2)
+
+
+def test_caption_shuffle_keeps_first_tags() -> None:
+    rng = random.Random(0)
+    caption = "tok, a, b, c, d, e, f"
+    shuffled = [data.shuffle_caption(caption, 1, rng) for _ in range(20)]
+    assert all(s.startswith("tok, ") for s in shuffled)
+    assert all(sorted(s.split(", ")) == sorted(caption.split(", ")) for s in shuffled)
+    assert len(set(shuffled)) > 1
+    assert data.with_trigger("a, b", "tok") == "tok, a, b"
+    assert data.with_trigger("a, tok, b", "tok") == "tok, a, b"
+
+
+def test_buckets_one_bucket_per_batch() -> None:
+    buckets = data.make_buckets(512, 256, 1024, 64)
+    assert (512, 512) in buckets and all(w * h <= 512 * 512 for w, h in buckets)
+    assert data.pick_bucket((1000, 500), buckets)[0] > data.pick_bucket((1000, 500), buckets)[1]
+    items = [data.Item(Path(f"{i}.png"), "") for i in range(6)]
+    bucket = {item.path: buckets[i % 2] for i, item in enumerate(items)}
+    samples = data.epoch_schedule(items, [], 3, seed=0, epoch=1)
+    batches = data.make_batches(samples, lambda s: bucket[s.item.path], 4, random.Random(0))
+    assert all(len({bucket[s.item.path] for s in b}) == 1 for b in batches)
+    assert sum(len(b) for b in batches) == 18
+
+
+def test_latent_cache_is_keyed_by_sample(tmp_path: Path, tiny: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    project = _project(tmp_path, n=2)
+    vae = AutoencoderKL.from_pretrained(tiny / "vae").eval()
+    items, _ = data.load_items(project / "dataset", None)
+    cache = data.LatentCache(vae, "cpu")
+    bucket = (64, 64)
+    for epoch in (1, 2):   # different orders per epoch; the cache must follow the sample, not the step
+        for sample in data.epoch_schedule(items, [], 3, seed=5, epoch=epoch):
+            cache.latent(sample.item.path, bucket, False)
+    assert (cache.misses, cache.hits) == (2, 10)
+    fresh = {item.path: data.LatentCache(vae, "cpu").encode(item.path, bucket, False) for item in items}
+    assert not torch.allclose(fresh[items[0].path], fresh[items[1].path])
+    for item in items:
+        assert torch.equal(cache.peek(data.latent_key(item.path, bucket, False)), fresh[item.path])
+
+
+def test_resume_finishes_with_the_same_steps(tmp_path: Path, tiny: Path) -> None:
+    project = _project(tmp_path)
+    total = make_plan(OPTIONS, train_images=2).total_steps
+    first: list[Progress] = []
+
+    class Stop(Exception):
+        pass
+
+    def stop_in_epoch_2(progress: Progress) -> None:
+        first.append(progress)
+        if progress.epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(_spec(project, tiny), stop_in_epoch_2)
+    out = project / "output"
+    assert (out / "lora-01.safetensors").is_file() and not (out / "lora.safetensors").exists()
+    assert (out / "state" / "state.pt").is_file()
+
+    second: list[Progress] = []
+    result = train(_spec(project, tiny, resume=True), second.append)
+    assert result.resumed_from_epoch == 1
+    assert [e.step for e in second] == list(range(total // 2 + 1, total + 1))
+    assert second[-1].total_steps == total and result.total_steps == total
+    assert (out / "lora.safetensors").is_file() and (out / "lora-02.safetensors").is_file()
+
+
+def test_nan_loss_stops_and_keeps_last_good_epoch(tmp_path: Path, tiny: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    project = _project(tmp_path)
+    pipes = []
+    real_load = trainer.load_pipeline
+
+    def capture(*args, **kwargs):
+        pipes.append(real_load(*args, **kwargs))
+        return pipes[-1]
+
+    monkeypatch.setattr(trainer, "load_pipeline", capture)
+    steps_per_epoch = make_plan(OPTIONS, train_images=2).steps_per_epoch
+
+    def corrupt(progress: Progress) -> None:
+        if progress.step == steps_per_epoch + 1:   # in epoch 2, after epoch 1 was saved
+            lora = next(p for n, p in pipes[0].unet.named_parameters() if ".lora_B" in n)
+            with torch.no_grad():
+                lora.fill_(float("nan"))
+
+    with pytest.raises(TrainingDiverged, match=f"NaN at step {steps_per_epoch + 2}: lower the learning rate"):
+        train(_spec(project, tiny), corrupt)
+    out = project / "output"
+    assert (out / "lora-01.safetensors").is_file()
+    assert not (out / "lora-02.safetensors").exists() and not (out / "lora.safetensors").exists()
