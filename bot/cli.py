@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     tags.add_argument("--reg", action="store_true", help="the regularization set's tags")
 
     cli_curate.add_parser(verbs, common, inner)
+    train = verbs.add_parser("train", parents=[common], help="plan and run a LoRA training")
+    train.add_argument("project")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a training option (repeatable), e.g. --set epochs=8")
+    train.add_argument("--plan-only", action="store_true", help="show the plan, do not train")
 
     dev = verbs.add_parser("dev", parents=[common], help="developer tools").add_subparsers(
         dest="action", required=True)
@@ -266,6 +271,33 @@ async def _tags(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _train(engine: Engine, args: argparse.Namespace) -> int:
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise Invalid(f"--set {item}: use KEY=VALUE, e.g. --set epochs=8")
+        overrides[key.strip()] = value.strip()
+    planned = await engine.training.plan(_actor(args), args.project, overrides)
+    plan_text = "\n".join(planned.plan.explanation)
+    if args.plan_only:
+        _emit(args, {"plan": asdict(planned.plan), "options": planned.options.to_dict()}, plan_text)
+        return 0
+
+    def start() -> Awaitable[Job]:
+        return engine.training.start(_actor(args), args.project, overrides)
+
+    try:
+        job = await engine.run_here(start)
+    except SchedulerBusy:
+        job = await start()
+        _emit(args, job.to_dict(), f"{plan_text}\nqueued as job #{job.id}; the running bot will train it")
+        return 0
+    _emit(args, job.to_dict(), f"{plan_text}\n{_job_text(job)}" + (
+        "\n" + json.dumps(job.result, indent=2) if job.result else ""))
+    return 0 if job.state == "done" else 1
+
+
 async def _curate(engine: Engine, args: argparse.Namespace) -> int:
     data, text = await cli_curate.run(engine, _actor(args), args)
     _emit(args, data, text)
@@ -284,6 +316,7 @@ _ENGINE_VERBS: dict[tuple[str, str | None], Callable[[Engine, argparse.Namespace
     ("images", "add"): _images_add,
     ("tag", None): _tag,
     ("tags", None): _tags,
+    ("train", None): _train,
 }
 
 

@@ -19,6 +19,7 @@ from bot.cogs.pictures import PicturesCog
 from bot.cogs.projects import ProjectsCog
 from bot.cogs.queue import QueueCog
 from bot.cogs.tags import TagsCog
+from bot.cogs.training import StartTrainingButton, TrainingCog
 from bot.replies import report_error
 from bot.status import StatusMessages
 from engine.config import Config
@@ -57,9 +58,10 @@ class LoraBot(commands.Bot):
         await self.add_cog(PicturesCog(self))
         await self.add_cog(TagsCog(self))
         await self.add_cog(CurateCog(self))
+        await self.add_cog(TrainingCog(self))
         await self.add_cog(QueueCog(self))
         self.tree.add_command(self.lora)
-        self.add_dynamic_items(*DYNAMIC_ITEMS, *CURATE_ITEMS, BrowseButton)
+        self.add_dynamic_items(*DYNAMIC_ITEMS, *CURATE_ITEMS, BrowseButton, StartTrainingButton)
         self.status_messages.start()
         await self.sync_commands()
         await self.status_messages.refresh_active()

@@ -23,6 +23,7 @@ from engine.events import EventBus, Subscription
 from engine.jobs import JobKind, load_kinds, require_kind
 from engine.links import LinkSigner, new_token_id
 from engine.records import Actor, Job, Project
+from engine.training_api import TrainingAPI
 from engine.scheduler import Scheduler
 from storage import artifacts as artifact_rows
 from storage import images as image_rows
@@ -52,6 +53,7 @@ class Engine:
         self.links = LinkSigner.from_config(config.web.secret, layout.root / "secret.key")
         self.staging = Staging(layout)
         self.curation = CurationAPI(self)
+        self.training = TrainingAPI(self)
         self._started = False
 
     @classmethod

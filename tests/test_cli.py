@@ -329,3 +329,23 @@ async def _project_id(cwd: Path) -> list[int]:
         return [image.id for image in await engine.images(Actor(0), "XingBar30")]
     finally:
         await engine.close()
+
+
+def test_train_plan_and_run_from_the_command_line(tmp_path: Path) -> None:
+    from engine.devtools.pictures import picture
+    from engine.devtools.tiny_models import write_tiny_models
+
+    models = write_tiny_models(tmp_path / "models")
+    (tmp_path / "config.toml").write_text(f'[intake]\nmin_side = 32\n[models]\nbase = "{models.sd15}"\n')
+    ok_json(tmp_path, "projects", "new", "XingBar30", "XingBar", "man")
+    (tmp_path / "a.png").write_bytes(picture(1))
+    ok_json(tmp_path, "images", "add", "XingBar30", "a.png")
+    tiny = ["--set", "resolution=64", "--set", "bucket_min=64", "--set", "bucket_max=64", "--set", "repeats=2",
+            "--set", "epochs=1", "--set", "batch_size=2", "--set", "network_dim=4", "--set", "network_alpha=2"]
+    planned = ok_json(tmp_path, "train", "XingBar30", *tiny, "--plan-only")
+    assert planned["plan"]["total_steps"] == 1 and planned["options"]["network_dim"] == 4
+    wrong = lorabake(tmp_path, "train", "XingBar30", "--set", "epochs=0")
+    assert wrong.returncode == 1 and "epochs must be between" in wrong.stderr
+    job = ok_json(tmp_path, "train", "XingBar30", *tiny)
+    assert job["state"] == "done" and job["result"]["file"] == "XingBar30.safetensors"
+    assert (tmp_path / "data" / "users" / "0" / "XingBar30" / "output" / "XingBar30.safetensors").is_file()

@@ -70,7 +70,7 @@ def test_overrides_parse_strings_from_members() -> None:
     ({"epochs": "0"}, "epochs must be between 1 and 100, got 0"),
     ({"epochs": "2.5"}, "epochs must be a whole number between 1 and 100"),
     ({"batch_size": True}, "batch_size must be a number between 1 and 32"),
-    ({"resolution": 500}, "resolution must be a multiple of 64 (between 256 and 2,048 in steps of 64), got 500"),
+    ({"resolution": 500}, "resolution must be a multiple of 64 (between 64 and 2,048 in steps of 64), got 500"),
     ({"flip_aug": "maybe"}, "flip_aug must be true or false, got 'maybe'"),
     ({"optimizer": "sgd"}, "optimizer must be one of adamw8bit, adamw, prodigy, got 'sgd'"),
     ({"lr_scheduler": "polynomial"}, "lr_scheduler must be one of cosine_with_restarts, constant, linear, cosine"),

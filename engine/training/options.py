@@ -96,7 +96,7 @@ OPTIMIZERS = ("adamw8bit", "adamw", "prodigy")
 MIXED_PRECISIONS = ("fp16", "bf16", "no")
 
 RULES: dict[str, Rule] = {
-    "resolution": Rule(256, 2048, multiple_of=64),
+    "resolution": Rule(64, 2048, multiple_of=64),  # under 256 only makes sense for quick tests
     "repeats": Rule(1, 100),
     "epochs": Rule(1, 100),
     "batch_size": Rule(1, 32),
@@ -118,7 +118,7 @@ RULES: dict[str, Rule] = {
     "shuffle_captions": Rule(),
     "flip_aug": Rule(),
     "bucket_min": Rule(64, 2048, multiple_of=64),
-    "bucket_max": Rule(256, 4096, multiple_of=64),
+    "bucket_max": Rule(64, 4096, multiple_of=64),
     "bucket_step": Rule(8, 256, multiple_of=8),
     "prior_loss_weight": Rule(0, 10),
     "save_every_n_epochs": Rule(1, 100),

@@ -1,0 +1,94 @@
+"""/lora train: the plan first (pictures, repeats, epochs, steps, the reg-image doubling, time), then a
+Start button that queues the training job and turns the message into its live status."""
+from __future__ import annotations
+
+import re
+
+import discord
+from discord import app_commands
+
+from bot.access import actor_of
+from bot.buttons import ReportsErrors, job_view
+from bot.cogs import LoraCog
+from bot.cogs.projects import own_project_names
+from bot.render import clip, job_embed
+from engine.errors import Invalid
+from engine.training_api import PlannedTraining
+
+
+def parse_settings(text: str) -> dict[str, str]:
+    """"key=value, key=value" as members type advanced options; the engine validates each one."""
+    settings: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise Invalid(f"`{part}` is not key=value (e.g. `unet_lr=3e-4, network_dim=32`)")
+        settings[key.strip()] = value.strip()
+    return settings
+
+
+def plan_embed(planned: PlannedTraining) -> discord.Embed:
+    plan, options = planned.plan, planned.options
+    embed = discord.Embed(title=clip(f"🧪 Training plan for {planned.project} ({planned.family.upper()})", 256),
+                          colour=discord.Colour.blurple())
+    embed.description = clip("\n".join(plan.explanation), 4096)
+    embed.add_field(name="Pictures", value=f"{plan.images} (+{plan.reg_images} reg)")
+    embed.add_field(name="Repeats × epochs", value=f"{plan.repeats} × {plan.epochs}")
+    embed.add_field(name="Steps", value=f"{plan.steps_per_epoch}/epoch, {plan.total_steps} in all")
+    embed.add_field(name="Network", value=f"dim {options.network_dim}, alpha {options.network_alpha}")
+    embed.add_field(name="Learning rates", value=f"UNet {options.unet_lr:g}" + (
+        f", text encoder {options.text_encoder_lr:g}" if options.train_text_encoder else ", text encoder frozen"))
+    embed.add_field(name="Resolution", value=str(options.resolution))
+    if planned.uncaptioned:
+        embed.add_field(name="⚠️ No caption", value=f"{planned.uncaptioned} pictures: run /lora tag first", inline=False)
+    embed.set_footer(text="Press Start to queue it; one file per epoch is kept so you can pick the best.")
+    return embed
+
+
+class StartTrainingButton(ReportsErrors, discord.ui.DynamicItem[discord.ui.Button],
+                          template=r"lb:train:(?P<token>[0-9a-f]{12}):(?P<owner>\d+)"):
+    def __init__(self, token: str, owner: int) -> None:
+        self.token, self.owner = token, owner
+        super().__init__(discord.ui.Button(label="Start training", style=discord.ButtonStyle.success, emoji="🚀",
+                                           custom_id=f"lb:train:{token}:{owner}"))
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
+                             match: re.Match[str], /) -> StartTrainingButton:
+        return cls(match["token"], int(match["owner"]))
+
+    async def handle(self, interaction: discord.Interaction) -> None:
+        if interaction.user.id != self.owner:
+            await interaction.response.send_message("🚫 This is someone else's training plan.", ephemeral=True)
+            return
+        await interaction.response.defer()
+        bot = interaction.client
+        job = await bot.engine.training.start_remembered(actor_of(interaction), self.token)  # type: ignore[attr-defined]
+        message = await interaction.edit_original_response(embed=job_embed(job), view=job_view(job.id, True))
+        await bot.status_messages.track(job, message)  # type: ignore[attr-defined]
+
+
+class TrainingCog(LoraCog):
+    @app_commands.command(name="train", description="Plan a LoRA training, then start it")
+    @app_commands.describe(project="One of your projects", epochs="Passes over the pictures (default 10)",
+                           repeats="Times each picture is shown per epoch (default 10)",
+                           network_dim="LoRA size (default 16)", unet_lr="UNet learning rate (default 5e-4)",
+                           settings="Advanced: key=value pairs, e.g. noise_offset=0.05, flip_aug=true")
+    @app_commands.autocomplete(project=own_project_names)
+    async def train(self, interaction: discord.Interaction, project: str,
+                    epochs: app_commands.Range[int, 1, 100] | None = None,
+                    repeats: app_commands.Range[int, 1, 100] | None = None,
+                    network_dim: app_commands.Range[int, 1, 256] | None = None,
+                    unet_lr: str | None = None, settings: str = "") -> None:
+        await interaction.response.defer(thinking=True)
+        overrides = parse_settings(settings)
+        for key, value in (("epochs", epochs), ("repeats", repeats), ("network_dim", network_dim),
+                           ("unet_lr", unet_lr)):
+            if value is not None:
+                overrides[key] = str(value)
+        actor = actor_of(interaction)
+        planned = await self.engine.training.plan(actor, project, overrides)
+        token = await self.engine.training.remember(actor, planned.project, overrides)
+        view = discord.ui.View(timeout=None)
+        view.add_item(StartTrainingButton(token, interaction.user.id))
+        await interaction.edit_original_response(embed=plan_embed(planned), view=view)

@@ -1,0 +1,74 @@
+"""Training as the bot and the CLI use it: a plan the member can read before anything runs, then a
+queued "train" job. The pending plan behind a Start button lives in the database, so the button
+works after a restart."""
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from engine.errors import Invalid, NotFound
+from engine.models import resolve_base_model
+from engine.records import Actor, Job
+from engine.training.options import TrainOptions, apply_overrides, preset
+from engine.training.plan import TrainPlan, make_plan, refuse_if_too_long
+from storage import images as image_rows
+from storage import settings as setting_rows
+
+if TYPE_CHECKING:
+    from engine.facade import Engine
+
+
+@dataclass(frozen=True)
+class PlannedTraining:
+    project: str
+    family: str
+    options: TrainOptions
+    plan: TrainPlan
+    uncaptioned: int
+
+
+class TrainingAPI:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def plan(self, actor: Actor, project: str, overrides: dict[str, str]) -> PlannedTraining:
+        engine = self._engine
+        row = await engine.own_project_row(actor, project)
+        pictures = await image_rows.list_for_project(engine._db, row.id)
+        train = [p for p in pictures if p.kind == "train"]
+        if not train:
+            raise Invalid(f"{row.name} has no training pictures yet: add some with /lora upload")
+        captions = await image_rows.captions(engine._db, row.id, "train")
+        info = await asyncio.to_thread(resolve_base_model, engine.config.models.base)
+        options = apply_overrides(preset(info.family), overrides)
+        plan = make_plan(options, train_images=len(train), reg_images=len(pictures) - len(train))
+        refuse_if_too_long(plan, options.max_train_steps_cap)
+        return PlannedTraining(row.name, info.family, options, plan, len(train) - len(captions))
+
+    async def start(self, actor: Actor, project: str, overrides: dict[str, str]) -> Job:
+        planned = await self.plan(actor, project, overrides)
+        row = await self._engine.own_project_row(actor, project)
+        params = {"base_model": self._engine.config.models.base, "options": planned.options.to_dict(),
+                  "trigger": row.trigger, "name": row.name}
+        return await self._engine.enqueue(actor, "train", row.name, params)
+
+    async def remember(self, actor: Actor, project: str, overrides: dict[str, str]) -> str:
+        """Keeps a shown plan for its Start button; returns the token the button carries."""
+        row = await self._engine.own_project_row(actor, project)
+        token = secrets.token_hex(6)
+        await setting_rows.put(self._engine._db, f"train.pending.{token}",
+                               json.dumps({"user_id": actor.user_id, "project_id": row.id, "overrides": overrides}))
+        return token
+
+    async def start_remembered(self, actor: Actor, token: str) -> Job:
+        raw = await setting_rows.get(self._engine._db, f"train.pending.{token}")
+        pending = json.loads(raw) if raw else None
+        if pending is None or pending["user_id"] != actor.user_id:
+            raise NotFound("this training plan is not yours or no longer exists: run /lora train again")
+        row = await self._engine.own_project_row_by_id(actor, pending["project_id"])
+        job = await self.start(actor, row.name, pending["overrides"])
+        await setting_rows.put(self._engine._db, f"train.pending.{token}", "null")  # one start per plan
+        return job

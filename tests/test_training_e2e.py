@@ -1,0 +1,84 @@
+"""Training through the real bot, the fake Discord and a real worker process on tiny models:
+/lora train shows the plan, Start queues the job, the status message shows progress and ends with
+the LoRA files on disk; a bad option gets a reason; a stranger cannot press Start."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from engine.config import Config
+from engine.devtools.pictures import picture
+from engine.devtools.tiny_models import write_tiny_models
+from engine.intake import IncomingFile
+from tests.conftest import ALICE, ALICE_ACTOR, BOB, Studio
+from tests.discord_helpers import custom_ids, text_of
+from tests.test_bot_e2e import ask, new_project
+
+TINY = "resolution=64, bucket_min=64, bucket_max=64, batch_size=2, network_dim=4, network_alpha=2"
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory):
+    return write_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def config(config: Config, tiny_models) -> Config:
+    return dataclasses.replace(config, intake=dataclasses.replace(config.intake, min_side=32),
+                               models=dataclasses.replace(config.models, base=str(tiny_models.sd15)))
+
+
+async def captioned_project(studio: Studio) -> None:
+    await new_project(studio)
+    await studio.engine.add_images(ALICE_ACTOR, "XingBar30", [IncomingFile(f"p{n}.png", picture(n)) for n in range(2)])
+    for image in await studio.engine.images(ALICE_ACTOR, "XingBar30"):
+        await studio.engine.curation.edit_caption(ALICE_ACTOR, "XingBar30", image.id, "solo, shirt")
+
+
+async def test_plan_start_progress_and_files(studio: Studio) -> None:
+    await captioned_project(studio)
+    plan = await ask(studio, ALICE, "lora train", {"project": "XingBar30", "epochs": 2, "repeats": 1,
+                                                   "settings": TINY})
+    text = text_of(plan)
+    assert "Training plan for XingBar30 (SD15)" in text and "1 × 2" in text and "1/epoch, 2 in all" in text
+    [start] = custom_ids(plan)
+
+    stranger = await studio.fake.click(BOB, plan["id"], start)
+    await stranger.acked()
+    assert "someone else's training plan" in text_of(stranger.response_data)
+
+    clicked = await studio.fake.click(ALICE, plan["id"], start)
+    await clicked.acked()
+    done = await studio.fake.wait_for_message(
+        lambda m: m["id"] == plan["id"] and ("finished" in text_of(m) or "failed" in text_of(m)), timeout=180)
+    assert "finished" in text_of(done), text_of(done)
+    assert "XingBar30.safetensors" in text_of(done)
+    output = studio.engine.layout.project(ALICE, "XingBar30").output
+    assert {p.name for p in output.glob("*.safetensors")} >= {"XingBar30.safetensors", "XingBar30-01.safetensors",
+                                                               "XingBar30-02.safetensors"}
+    with safe_open(output / "XingBar30.safetensors", "np") as lora:
+        assert lora.metadata()["ss_network_dim"] == "4" and float(lora.metadata()["ss_network_alpha"]) == 2
+    kinds = {artifact.kind for artifact in await studio.engine.artifacts(ALICE_ACTOR, "XingBar30")}
+    assert kinds == {"lora", "lora-epoch"}
+    history = studio.fake.message_history[plan["id"]]
+    assert any("running" in text_of(version) for version in history), "progress was shown while it ran"
+
+
+async def test_bad_options_and_empty_projects_get_reasons(studio: Studio) -> None:
+    await new_project(studio)
+    empty = text_of(await ask(studio, ALICE, "lora train", {"project": "XingBar30"}))
+    assert "no training pictures yet" in empty
+    await captioned_project_images_only(studio)
+    typo = text_of(await ask(studio, ALICE, "lora train", {"project": "XingBar30", "settings": "unet_lrr=1e-4"}))
+    assert "did you mean unet_lr" in typo
+    wild = text_of(await ask(studio, ALICE, "lora train", {"project": "XingBar30", "unet_lr": "5"}))
+    assert "unet_lr must be between" in wild
+    malformed = text_of(await ask(studio, ALICE, "lora train", {"project": "XingBar30", "settings": "flip"}))
+    assert "is not key=value" in malformed
+
+
+async def captioned_project_images_only(studio: Studio) -> None:
+    await studio.engine.add_images(ALICE_ACTOR, "XingBar30", [IncomingFile("q.png", picture(50))])
