@@ -33,6 +33,8 @@ class Service:
         if self.config.web.enabled:
             self.web = WebServer(engine, self.config.web.host, self.config.web.port)
             await self.web.start()
+            if not self.config.web.public_url:
+                engine.public_url = f"http://{self.config.web.host}:{self.web.port}"
         self._maintenance = Maintenance(engine, self.config.retention.maintenance_interval_minutes)
         self._maintenance.start()
         self._bot_task = asyncio.create_task(self.bot.start(self.config.discord.token), name="discord")

@@ -52,6 +52,9 @@ class Engine:
         self.scheduler = Scheduler(db, layout, config.queue, kinds, self.events)
         self.links = LinkSigner.from_config(config.web.secret, layout.root / "secret.key")
         self.staging = Staging(layout)
+        # Where members' browsers reach the download server; the service corrects it once it knows
+        # the port it really got (port 0 = any free port).
+        self.public_url = config.web_base_url
         self.curation = CurationAPI(self)
         self.training = TrainingAPI(self)
         self._started = False
@@ -378,7 +381,7 @@ class Engine:
         token_id = new_token_id()
         async with self._db.transaction() as tx:
             await artifact_rows.insert_link(tx, token_id, artifact_id, actor.user_id, expires_at)
-        return f"{self.config.web_base_url}/d/{self.links.sign(token_id, expires_at)}"
+        return f"{self.public_url}/d/{self.links.sign(token_id, expires_at)}"
 
     async def export_link(self, actor: Actor, project: str, path: Path | str) -> str:
         """A download link for a file the engine wrote into the project (an export, a LoRA)."""

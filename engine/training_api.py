@@ -7,6 +7,7 @@ import asyncio
 import json
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.errors import Invalid, NotFound
@@ -16,6 +17,7 @@ from engine.training.options import TrainOptions, apply_overrides, preset
 from engine.training.plan import TrainPlan, make_plan, refuse_if_too_long
 from storage import images as image_rows
 from storage import settings as setting_rows
+from storage.artifacts import ArtifactRow
 
 if TYPE_CHECKING:
     from engine.facade import Engine
@@ -54,6 +56,23 @@ class TrainingAPI:
         params = {"base_model": self._engine.config.models.base, "options": planned.options.to_dict(),
                   "trigger": row.trigger, "name": row.name}
         return await self._engine.enqueue(actor, "train", row.name, params)
+
+    async def lora_file(self, actor: Actor, project: str, epoch: int | None = None) -> tuple[ArtifactRow, Path]:
+        """The trained file to hand over: the final LoRA, or one epoch's (only files still on disk)."""
+        row = await self._engine.own_project_row(actor, project)
+        found: dict[int | None, tuple[ArtifactRow, Path]] = {}
+        for artifact in await self._engine.artifacts(actor, row.name):
+            path = await self._engine.artifact_path(artifact)
+            if artifact.kind == "lora" and path.is_file():
+                found[None] = (artifact, path)
+            elif artifact.kind == "lora-epoch" and path.is_file():
+                found[int(path.stem.rsplit("-", 1)[1])] = (artifact, path)
+        if epoch in found:
+            return found[epoch]
+        if not found:
+            raise NotFound(f"{row.name} has no trained LoRA yet: start one with /lora train")
+        epochs = ", ".join(str(n) for n in sorted(k for k in found if k is not None)) or "none"
+        raise NotFound(f"{row.name} has no file for epoch {epoch}: the kept epochs are {epochs}")
 
     async def remember(self, actor: Actor, project: str, overrides: dict[str, str]) -> str:
         """Keeps a shown plan for its Start button; returns the token the button carries."""

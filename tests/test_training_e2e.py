@@ -82,3 +82,37 @@ async def test_bad_options_and_empty_projects_get_reasons(studio: Studio) -> Non
 
 async def captioned_project_images_only(studio: Studio) -> None:
     await studio.engine.add_images(ALICE_ACTOR, "XingBar30", [IncomingFile("q.png", picture(50))])
+
+
+async def test_download_attaches_or_links(studio: Studio) -> None:
+    import aiohttp
+
+    await captioned_project(studio)
+    missing = text_of(await ask(studio, ALICE, "lora download", {"project": "XingBar30"}))
+    assert "no trained LoRA yet" in missing
+    job = await studio.engine.training.start(ALICE_ACTOR, "XingBar30", dict(
+        item.split("=") for item in (TINY + ", epochs=2, repeats=1").split(", ")))
+    events = studio.engine.subscribe()
+    while not (event := await events.get()).final or event.job_id != job.id:
+        pass
+    assert event.type == "done", event.data
+    output = studio.engine.layout.project(ALICE, "XingBar30").output
+
+    answer = await ask(studio, ALICE, "lora download", {"project": "XingBar30"})
+    [attachment] = answer["attachments"]
+    assert attachment["filename"] == "XingBar30.safetensors"
+    assert studio.fake.files[(answer["id"], "XingBar30.safetensors")] == (output / "XingBar30.safetensors").read_bytes()
+    epoch = await ask(studio, ALICE, "lora download", {"project": "XingBar30", "epoch": 1})
+    assert epoch["attachments"][0]["filename"] == "XingBar30-01.safetensors"
+    gone = text_of(await ask(studio, ALICE, "lora download", {"project": "XingBar30", "epoch": 7}))
+    assert "kept epochs are 1, 2" in gone
+
+    studio.fake.upload_limit = 1000  # a server whose limit the file exceeds: a signed link instead
+    linked = text_of(await ask(studio, ALICE, "lora download", {"project": "XingBar30"}))
+    url = linked.split("here (the link works for 24 hours): ")[1].split()[0]
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as response:
+            assert response.status == 200
+            assert await response.read() == (output / "XingBar30.safetensors").read_bytes()
+        async with session.get(url[:-3] + "abc") as response:
+            assert response.status == 403

@@ -92,3 +92,22 @@ class TrainingCog(LoraCog):
         view = discord.ui.View(timeout=None)
         view.add_item(StartTrainingButton(token, interaction.user.id))
         await interaction.edit_original_response(embed=plan_embed(planned), view=view)
+
+    @app_commands.command(name="download", description="Get a trained LoRA file (.safetensors)")
+    @app_commands.describe(project="One of your projects", epoch="A saved epoch instead of the final file")
+    @app_commands.autocomplete(project=own_project_names)
+    async def download(self, interaction: discord.Interaction, project: str,
+                       epoch: app_commands.Range[int, 1, 100] | None = None) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        actor = actor_of(interaction)
+        artifact, path = await self.engine.training.lora_file(actor, project, epoch)
+        size = f"{artifact.size / 2**20:.1f} MB"
+        if artifact.size <= interaction.filesize_limit:
+            await interaction.followup.send(f"📦 `{path.name}` ({size}) — load it in A1111, ComfyUI or diffusers.",
+                                            file=discord.File(path), ephemeral=True)
+            return
+        link = await self.engine.download_link(actor, artifact.id)
+        hours = self.engine.config.web.link_ttl_hours
+        await interaction.followup.send(
+            f"📦 `{path.name}` is {size}, over this server's Discord upload limit. Download it here (the link "
+            f"works for {hours:g} hours): {link}", ephemeral=True)
