@@ -73,10 +73,24 @@ class CurationAPI:
             raise Invalid("no tags are marked yet: click the tags that describe the character's fixed looks first")
         result = await self._service.apply(row, RemoveTags(selected), kind)
         await setting_rows.put(self._db, _selection_key(row.id, kind), "[]")
+        await self._remember_pruned(row.id, selected)
         return result
 
     async def remove_tags(self, actor: Actor, project: str, tags: list[str], kind: str = "train") -> OpResult:
-        return await self._service.apply(await self._row(actor, project), RemoveTags(tags), kind)
+        row = await self._row(actor, project)
+        result = await self._service.apply(row, RemoveTags(tags), kind)
+        await self._remember_pruned(row.id, tags)
+        return result
+
+    async def pruned_tags(self, project_id: int) -> list[str]:
+        """Tags the member removed from the training captions: the character's fixed looks, which the
+        trigger word should now bring back (the sample scores look for them)."""
+        return json.loads(await setting_rows.get(self._db, f"curate.pruned.{project_id}") or "[]")
+
+    async def _remember_pruned(self, project_id: int, tags: list[str]) -> None:
+        known = await self.pruned_tags(project_id)
+        merged = known + [tag for tag in tags if tag not in known]
+        await setting_rows.put(self._db, f"curate.pruned.{project_id}", json.dumps(merged))
 
     async def replace_tags(self, actor: Actor, project: str, search: list[str], replace: list[str], *,
                            mode: str = "or", make_trigger: bool = False, kind: str = "train") -> OpResult:

@@ -74,6 +74,34 @@ class TrainingAPI:
         epochs = ", ".join(str(n) for n in sorted(k for k in found if k is not None)) or "none"
         raise NotFound(f"{row.name} has no file for epoch {epoch}: the kept epochs are {epochs}")
 
+    async def samples(self, actor: Actor, project: str, *, steps: int = 28, size: int = 512) -> Job:
+        """Queues sample grids and scores for every kept epoch of the project's LoRA."""
+        engine = self._engine
+        row = await engine.own_project_row(actor, project)
+        frequent = [s.tag for s in await engine.tag_stats(actor, row.name) if s.share >= 0.5]
+        pruned = await engine.curation.pruned_tags(row.id)
+        tagger = engine.config.tagger
+        params = {
+            "base_model": engine.config.models.base, "name": row.name, "trigger": row.trigger,
+            "class_name": row.class_name, "character_tags": pruned + [t for t in frequent if t not in pruned],
+            "tagger": {"model": tagger.model, "cache_dir": tagger.cache_dir,
+                       "general_threshold": tagger.general_threshold,
+                       "character_threshold": tagger.character_threshold, "blacklist": tagger.blacklist},
+            "weights": [0.0, 0.4, 0.6, 0.8, 1.0], "seeds": [42], "steps": steps, "size": [size, size],
+            "max_bytes": 8 * 2**20, "max_leak": 0.15,
+        }
+        return await engine.enqueue(actor, "samples", row.name, params)
+
+    async def latest_samples(self, actor: Actor, project: str) -> tuple[dict, list[Path]]:
+        """The last samples run's report (scores, recommendation) and its grid files."""
+        row = await self._engine.own_project_row(actor, project)
+        folder = self._engine.layout.project(row.user_id, row.dir_name).samples
+        report_path = folder / "scores.json"
+        if not report_path.is_file():
+            raise NotFound(f"{row.name} has no samples yet: train it, then run /lora samples")
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        return report, [folder / name for name in report["grids"] if (folder / name).is_file()]
+
     async def remember(self, actor: Actor, project: str, overrides: dict[str, str]) -> str:
         """Keeps a shown plan for its Start button; returns the token the button carries."""
         row = await self._engine.own_project_row(actor, project)

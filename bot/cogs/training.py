@@ -12,7 +12,7 @@ from bot.buttons import ReportsErrors, job_view
 from bot.cogs import LoraCog
 from bot.cogs.projects import own_project_names
 from bot.render import clip, job_embed
-from engine.errors import Invalid
+from engine.errors import Invalid, NotFound
 from engine.training_api import PlannedTraining
 
 
@@ -111,3 +111,35 @@ class TrainingCog(LoraCog):
         await interaction.followup.send(
             f"📦 `{path.name}` is {size}, over this server's Discord upload limit. Download it here (the link "
             f"works for {hours:g} hours): {link}", ephemeral=True)
+
+    @app_commands.command(name="samples", description="Sample grids at several LoRA weights, scores and a recommendation")
+    @app_commands.describe(project="One of your projects", rerun="Render new samples instead of showing the last ones")
+    @app_commands.autocomplete(project=own_project_names)
+    async def samples(self, interaction: discord.Interaction, project: str, rerun: bool = False) -> None:
+        await interaction.response.defer(thinking=True)
+        actor = actor_of(interaction)
+        if not rerun:
+            try:
+                report, grids = await self.engine.training.latest_samples(actor, project)
+            except NotFound:
+                report, grids = None, []
+            if report is not None:
+                await interaction.edit_original_response(
+                    embed=scores_embed(project, report), attachments=[discord.File(p) for p in grids[:10]])
+                return
+        job = await self.engine.training.samples(actor, project)
+        message = await interaction.edit_original_response(embed=job_embed(job), view=job_view(job.id, True))
+        await self.bot.status_messages.track(job, message)
+
+
+def scores_embed(project: str, report: dict) -> discord.Embed:
+    """The recommendation in one sentence and the fidelity/leak table (epoch × weight)."""
+    embed = discord.Embed(title=clip(f"🔎 {project}: which epoch and weight?", 256), colour=discord.Colour.green())
+    best = report["recommended"]
+    embed.description = clip(f"**Use epoch {best['epoch']} at weight {best['weight']:g}.** {report['explanation']}", 4096)
+    rows = [f"{'epoch':>5} {'weight':>6} {'fidelity':>8} {'leak':>6}"]
+    rows += [f"{s['epoch']:>5} {s['weight']:>6g} {s['fidelity']:>8.0%} {s['leak']:>6.0%}"
+             for s in report["scores"] if s["weight"] > 0]
+    embed.add_field(name="Fidelity (character shown) and leak (other prompts changed)",
+                    value=clip("```\n" + "\n".join(rows) + "\n```", 1024), inline=False)
+    return embed

@@ -44,6 +44,7 @@ def builtin_kinds() -> list[JobKind]:
                 on_done="engine.dataset:store_tag_result"),
         # Resumable: a re-run continues from the last saved epoch.
         JobKind("train", "Training", "gpu", "engine.jobs.train:run"),
+        JobKind("samples", "Sample grids", "gpu", "engine.jobs.samples:run"),
     ]
 
 
