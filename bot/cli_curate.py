@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
+from engine.curation.ops import split_tags
 from engine.facade import Engine
 from engine.records import Actor
 
@@ -40,16 +41,12 @@ def add_parser(verbs: Any, common: argparse.ArgumentParser, inner: argparse.Argu
     action("export", "write a zip in the kohya folder layout").add_argument("--repeats", type=int, default=10)
 
 
-def _tags(text: str) -> list[str]:
-    return [tag.strip() for tag in text.split(",") if tag.strip()]
-
-
 async def run(engine: Engine, actor: Actor, args: argparse.Namespace) -> tuple[Any, str]:
     """(JSON-able data, text) for the chosen action."""
     curation, project = engine.curation, args.project
     handlers: dict[str, Callable[[], Awaitable[Any]]] = {
         "remove": lambda: curation.remove_tags(actor, project, args.tags),
-        "replace": lambda: curation.replace_tags(actor, project, _tags(args.search), _tags(args.replace),
+        "replace": lambda: curation.replace_tags(actor, project, split_tags(args.search), split_tags(args.replace),
                                                  mode=args.mode, make_trigger=args.make_trigger),
         "dedupe": lambda: curation.remove_duplicates(actor, project),
         "sort": lambda: curation.sort_tags(actor, project),

@@ -120,7 +120,7 @@ class CurationAPI:
 
     async def edit_caption(self, actor: Actor, project: str | int, image_id: int, text: str) -> OpResult:
         row = await self._row(actor, project)
-        image = next((i for i in await image_rows.list_for_project(self._db, row.id) if i.id == image_id), None)
+        image = await image_rows.get(self._db, row.id, image_id)
         if image is None:
             raise Invalid("that picture is no longer in the project")
         return await self._service.apply(row, EditCaption(image_id, text), image.kind)

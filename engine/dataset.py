@@ -46,7 +46,8 @@ async def sweep_orphan_images(db: Database, layout: DataLayout) -> list[str]:
     for project in await project_rows.list_all(db):
         dirs = layout.project(project.user_id, project.dir_name)
         known = {(row.kind, row.filename) for row in await image_rows.list_for_project(db, project.id)}
-        for kind, folder in (("train", dirs.dataset), ("reg", dirs.reg)):
+        for kind in ("train", "reg"):
+            folder = dirs.pictures(kind)
             if not folder.is_dir():
                 continue
             for path in folder.iterdir():

@@ -217,13 +217,13 @@ class Engine:
         """Takes one picture (and its caption) out of the project: row first, then the files."""
         row = await (self.own_project_row_by_id(actor, project) if isinstance(project, int)
                      else self.own_project_row(actor, project))
-        image = next((i for i in await image_rows.list_for_project(self._db, row.id) if i.id == image_id), None)
+        image = await image_rows.get(self._db, row.id, image_id)
         if image is None:
             raise NotFound("that picture is no longer in the project")
         async with self._db.transaction() as tx:
             await image_rows.delete(tx, image_id)
         dirs = self.layout.project(row.user_id, row.dir_name)
-        path = (dirs.dataset if image.kind == "train" else dirs.reg) / image.filename
+        path = dirs.pictures(image.kind) / image.filename
         path.unlink(missing_ok=True)
         path.with_suffix(".txt").unlink(missing_ok=True)
         return image
@@ -231,11 +231,11 @@ class Engine:
     async def preview(self, actor: Actor, project_id: int, image_id: int, max_side: int = 768) -> bytes:
         """A small JPEG of one picture, for showing it on Discord under the upload limit."""
         row = await self.own_project_row_by_id(actor, project_id)
-        image = next((i for i in await image_rows.list_for_project(self._db, row.id) if i.id == image_id), None)
+        image = await image_rows.get(self._db, row.id, image_id)
         if image is None:
             raise NotFound("that picture is no longer in the project")
         dirs = self.layout.project(row.user_id, row.dir_name)
-        path = (dirs.dataset if image.kind == "train" else dirs.reg) / image.filename
+        path = dirs.pictures(image.kind) / image.filename
         return await asyncio.to_thread(jpeg_preview, path, max_side)
 
     async def tag(self, actor: Actor, project: str, *, general_threshold: float | None = None,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from engine.errors import Invalid, NotFound
 from engine.models import resolve_base_model
 from engine.records import Actor, Job
+from engine.training.kohya_format import epoch_number
 from engine.training.options import TrainOptions, apply_overrides, preset
 from engine.training.plan import TrainPlan, make_plan, refuse_if_too_long
 from storage import images as image_rows
@@ -66,7 +67,7 @@ class TrainingAPI:
             if artifact.kind == "lora" and path.is_file():
                 found[None] = (artifact, path)
             elif artifact.kind == "lora-epoch" and path.is_file():
-                found[int(path.stem.rsplit("-", 1)[1])] = (artifact, path)
+                found[epoch_number(path, row.name)] = (artifact, path)
         if epoch in found:
             return found[epoch]
         if not found:

@@ -42,6 +42,11 @@ async def list_for_project(db: Database | Tx, project_id: int, kind: str | None 
     return [record(ImageRow, row) for row in rows]
 
 
+async def get(db: Database | Tx, project_id: int, image_id: int) -> ImageRow | None:
+    row = await db.fetchone(f"SELECT {_COLUMNS} FROM images WHERE project_id = ? AND id = ?", (project_id, image_id))
+    return record(ImageRow, row) if row else None
+
+
 async def count_for_user(db: Database | Tx, user_id: int) -> int:
     row = await db.fetchone(
         "SELECT COUNT(*) FROM images i JOIN projects p ON p.id = i.project_id WHERE p.user_id = ?", (user_id,))

@@ -33,6 +33,12 @@ class ProjectDirs:
     def reg(self) -> Path:
         return self.root / "reg"
 
+    def pictures(self, kind: str) -> Path:
+        """The folder of a picture set: dataset/ for 'train', reg/ for 'reg'."""
+        if kind not in ("train", "reg"):
+            raise ValueError(f"unknown picture set {kind!r}")
+        return self.dataset if kind == "train" else self.reg
+
     @property
     def output(self) -> Path:
         return self.root / "output"

@@ -13,10 +13,7 @@ from bot.cogs.pictures import SETS
 from bot.cogs.projects import own_project_names
 from bot.curate_views import curate_embed, curate_view
 from bot.render import clip
-
-
-def tag_list(text: str) -> list[str]:
-    return [tag.strip() for tag in text.split(",") if tag.strip()]
+from engine.curation.ops import split_tags
 
 
 class CurateCog(LoraCog):
@@ -68,8 +65,8 @@ class CurateCog(LoraCog):
     async def replace(self, interaction: discord.Interaction, project: str, search: str, replace: str = "",
                       mode: Literal["or", "and"] = "or", make_trigger: bool = False) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        result = await self.engine.curation.replace_tags(actor_of(interaction), project, tag_list(search),
-                                                         tag_list(replace), mode=mode, make_trigger=make_trigger)
+        result = await self.engine.curation.replace_tags(actor_of(interaction), project, split_tags(search),
+                                                         split_tags(replace), mode=mode, make_trigger=make_trigger)
         await interaction.followup.send(clip(f"✅ {result.description}", 2000), ephemeral=True)
 
     @app_commands.command(name="export", description="Download the dataset as a zip for kohya sd-scripts")

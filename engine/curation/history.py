@@ -150,7 +150,7 @@ class Curation:
 
     async def _pictures(self, db: Database | Tx, project: ProjectRow, kind: str) -> _Pictures:
         dirs = self._layout.project(project.user_id, project.dir_name)
-        folder = dirs.dataset if kind == TRAIN else dirs.reg
+        folder = dirs.pictures(kind)
         images = await image_rows.list_for_project(db, project.id, kind)
         captions = await image_rows.captions(db, project.id, kind)
         return _Pictures({image.id: captions.get(image.id) for image in images},

@@ -75,7 +75,7 @@ async def add_images(db: Database, dirs: ProjectDirs, project_id: int, user_id: 
     items = await asyncio.to_thread(_unpack, files, limits)
     if not items:
         return report
-    path = dirs.dataset if kind == "train" else dirs.reg
+    path = dirs.pictures(kind)
     lock = _folder_locks.setdefault(str(path), asyncio.Lock())
     async with lock:
         rows = await images.list_for_project(db, project_id, kind)

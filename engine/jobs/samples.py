@@ -14,6 +14,7 @@ from typing import Any
 
 from engine.jobs.context import JobContext, JobFailed
 from engine.models import resolve_base_model
+from engine.training import kohya_format
 from engine.samples.render import Sample, SampleRenderer, SampleSpec, default_prompts, grids
 from engine.samples.scores import CellScore, fidelity, leak, pixel_distance, recommend, tag_distance
 from engine.tagging import TaggerError
@@ -26,8 +27,7 @@ from storage.layout import atomic_write_bytes, atomic_write_text
 
 def epoch_files(output: Path, name: str) -> dict[str, Path]:
     """label → file for each kept epoch (`<name>-NN.safetensors`), in epoch order."""
-    found = sorted(output.glob(f"{name}-[0-9][0-9]*.safetensors"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
-    return {f"epoch {int(path.stem.rsplit('-', 1)[1])}": path for path in found}
+    return {f"epoch {epoch}": path for epoch, path in kohya_format.epoch_files(output, name)}
 
 
 def run(ctx: JobContext) -> dict[str, Any]:

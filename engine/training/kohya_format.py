@@ -232,6 +232,18 @@ def epoch_file_name(name: str, epoch: int) -> str:
     return _EPOCH_FILE.format(name=name, epoch=epoch)
 
 
+def epoch_number(path: Path, name: str) -> int | None:
+    """N for `<name>-NN.safetensors`, None for any other file (the final `<name>.safetensors` included)."""
+    match = re.fullmatch(rf"{re.escape(name)}-(\d+)\.safetensors", Path(path).name)
+    return int(match[1]) if match else None
+
+
+def epoch_files(folder: Path, name: str) -> list[tuple[int, Path]]:
+    """The per-epoch files in `folder`, oldest epoch first."""
+    found = [(epoch_number(entry, name), entry) for entry in Path(folder).iterdir() if entry.is_file()]
+    return sorted((n, path) for n, path in found if n is not None)
+
+
 def keep_last(folder: Path, name: str, n: int) -> list[Path]:
     """Delete all but the newest `n` per-epoch files `<name>-NN.safetensors` in `folder`; return the deleted.
 
@@ -239,13 +251,7 @@ def keep_last(folder: Path, name: str, n: int) -> list[Path]:
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    pattern = re.compile(rf"^{re.escape(name)}-(\d+)\.safetensors$")
-    epochs: list[tuple[int, Path]] = []
-    for entry in Path(folder).iterdir():
-        match = pattern.match(entry.name)
-        if match and entry.is_file():
-            epochs.append((int(match[1]), entry))
-    epochs.sort()
+    epochs = epoch_files(folder, name)
     doomed = [p for _, p in epochs[: max(0, len(epochs) - n)]]
     for p in doomed:
         p.unlink(missing_ok=True)
