@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -28,6 +27,7 @@ import onnxruntime
 import PIL
 from PIL import Image
 
+from bench.common import machine
 from engine.devtools.tiny_models import write_tiny_tagger
 from engine.tagging.model import Tagger
 from engine.tagging.options import TagOptions
@@ -89,18 +89,6 @@ def _pixels(path: Path) -> int:
         return image.width * image.height
 
 
-def machine() -> str:
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}; {usable} usable CPUs of {os.cpu_count()}; Python {platform.python_version()}, "
-            f"onnxruntime {onnxruntime.__version__}, Pillow {PIL.__version__}, numpy {np.__version__}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
@@ -117,7 +105,7 @@ def main() -> None:
         options = TagOptions(model=str(root / "tagger"), batch_size=args.batch)
         megapixels = sum(_pixels(path) for path in list_images(folder)) / 1e6
 
-        print(f"machine: {machine()}")
+        print(f"machine: {machine(onnxruntime, PIL, np)}")
         print(f"tagger: tiny WD-style ONNX on {tagger.provider}, input {tagger.size}×{tagger.size}, "
               f"{len(tagger.table)} tags")
         print(f"images: {args.images} ({megapixels / args.images:.2f} MP average; JPEG, PNG, transparent PNG)")
