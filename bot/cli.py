@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bot import cli_curate
-from engine.config import ConfigError, load_config
+from engine.config import MODEL_FAMILIES, ConfigError, load_config
 from engine.errors import Invalid, UserError
 from engine.facade import Engine
 from engine.intake import IncomingFile
@@ -79,13 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
     tags = verbs.add_parser("tags", parents=[common], help="a project's tags, most common first")
     tags.add_argument("project")
     tags.add_argument("--reg", action="store_true", help="the regularization set's tags")
-
+    reg = verbs.add_parser("reg", parents=[common],
+                           help="render regularization (class) pictures with the base model, then tag them")
+    reg.add_argument("project")
+    reg.add_argument("--count", type=int, default=None,
+                     help="how many pictures (default: [reg] count); asking again only adds the missing ones")
+    reg.add_argument("--prompt", default=None,
+                     help="instead of the project's class, e.g. 'man, outdoors' ([reg] quality_prompt goes first)")
     cli_curate.add_parser(verbs, common, inner)
     train = verbs.add_parser("train", parents=[common], help="plan and run a LoRA training")
     train.add_argument("project")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a training option (repeatable), e.g. --set epochs=8")
     train.add_argument("--plan-only", action="store_true", help="show the plan, do not train")
+    for needs_model in (reg, train):
+        needs_model.add_argument("--model", choices=MODEL_FAMILIES, default=None,
+                            help="the base model family ([models] sd15 / sdxl); default: [models] default_family")
 
     dev = verbs.add_parser("dev", parents=[common], help="developer tools").add_subparsers(
         dest="action", required=True)
@@ -249,19 +258,33 @@ async def _images_add(engine: Engine, args: argparse.Namespace) -> int:
     return 0 if report.accepted or not report.rejected else 1
 
 
-async def _tag(engine: Engine, args: argparse.Namespace) -> int:
-    def start() -> Awaitable[Job]:
-        return engine.tag(_actor(args), args.project, general_threshold=args.general_threshold,
-                          character_threshold=args.character_threshold)
-
+async def _run_or_queue(engine: Engine, args: argparse.Namespace, start: Callable[[], Awaitable[Job]],
+                        what: str) -> int:
+    """Runs the job here and prints how it ended; while a bot runs jobs from the same data folder, queues
+    it for that bot instead."""
     try:
-        job = await engine.run_here(start)
+        jobs = await engine.run_chain_here(start)
     except SchedulerBusy:
         job = await start()  # the running bot picks it up
-        _emit(args, job.to_dict(), f"queued as job #{job.id}; the running bot will tag the pictures")
+        _emit(args, job.to_dict(), f"queued as job #{job.id}; the running bot will {what}")
         return 0
-    _emit(args, job.to_dict(), _job_text(job) + ("\n" + json.dumps(job.result, indent=2) if job.result else ""))
-    return 0 if job.state == "done" else 1
+    # A training is followed by its sample grids: the chain is shown whole.
+    data = {**jobs[0].to_dict(), **({"follow_ups": [job.to_dict() for job in jobs[1:]]} if jobs[1:] else {})}
+    _emit(args, data, "\n".join(_job_text(job) + ("\n" + json.dumps(job.result, indent=2) if job.result else "")
+                                for job in jobs))
+    return 0 if all(job.state == "done" for job in jobs) else 1
+
+
+async def _tag(engine: Engine, args: argparse.Namespace) -> int:
+    return await _run_or_queue(engine, args, lambda: engine.tag(
+        _actor(args), args.project, general_threshold=args.general_threshold,
+        character_threshold=args.character_threshold), "tag the pictures")
+
+
+async def _reg(engine: Engine, args: argparse.Namespace) -> int:
+    return await _run_or_queue(engine, args, lambda: engine.reg.start(
+        _actor(args), args.project, count=args.count, prompt=args.prompt, family=args.model),
+        "render the reg pictures")
 
 
 async def _tags(engine: Engine, args: argparse.Namespace) -> int:
@@ -278,24 +301,18 @@ async def _train(engine: Engine, args: argparse.Namespace) -> int:
         if not sep:
             raise Invalid(f"--set {item}: use KEY=VALUE, e.g. --set epochs=8")
         overrides[key.strip()] = value.strip()
-    planned = await engine.training.plan(_actor(args), args.project, overrides)
+    planned = await engine.training.plan(_actor(args), args.project, overrides, family=args.model)
     plan_text = "\n".join(planned.plan.explanation)
     if args.plan_only:
         _emit(args, {"plan": asdict(planned.plan), "options": planned.options.to_dict()}, plan_text)
         return 0
 
     def start() -> Awaitable[Job]:
-        return engine.training.start(_actor(args), args.project, overrides)
+        return engine.training.start(_actor(args), args.project, overrides, family=args.model)
 
-    try:
-        job = await engine.run_here(start)
-    except SchedulerBusy:
-        job = await start()
-        _emit(args, job.to_dict(), f"{plan_text}\nqueued as job #{job.id}; the running bot will train it")
-        return 0
-    _emit(args, job.to_dict(), f"{plan_text}\n{_job_text(job)}" + (
-        "\n" + json.dumps(job.result, indent=2) if job.result else ""))
-    return 0 if job.state == "done" else 1
+    if not args.json:
+        print(plan_text)
+    return await _run_or_queue(engine, args, start, "train the LoRA")
 
 
 async def _curate(engine: Engine, args: argparse.Namespace) -> int:
@@ -315,6 +332,7 @@ _ENGINE_VERBS: dict[tuple[str, str | None], Callable[[Engine, argparse.Namespace
     ("check", None): _check,
     ("images", "add"): _images_add,
     ("tag", None): _tag,
+    ("reg", None): _reg,
     ("tags", None): _tags,
     ("train", None): _train,
 }

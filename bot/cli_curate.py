@@ -69,7 +69,7 @@ async def run(engine: Engine, actor: Actor, args: argparse.Namespace) -> tuple[A
             result, check = await curation.set_trigger(actor, project, args.trigger)
             head = result.description
         else:
-            check, head = await curation.check_trigger(actor, project), f"trigger checked"
+            check, head = await curation.check_trigger(actor, project), "trigger checked"
         lines = [head] + [f"warning: {p}" for p in check.problems] + (
             [f"a safer trigger: {check.suggestion}"] if check.suggestion else [])
         return asdict(check), "\n".join(lines)

@@ -18,6 +18,7 @@ from bot.cogs.curate import CurateCog
 from bot.cogs.pictures import PicturesCog
 from bot.cogs.projects import ProjectsCog
 from bot.cogs.queue import QueueCog
+from bot.cogs.reg import RegCog
 from bot.cogs.tags import TagsCog
 from bot.cogs.training import StartTrainingButton, TrainingCog
 from bot.replies import report_error
@@ -58,6 +59,7 @@ class LoraBot(commands.Bot):
         await self.add_cog(PicturesCog(self))
         await self.add_cog(TagsCog(self))
         await self.add_cog(CurateCog(self))
+        await self.add_cog(RegCog(self))
         await self.add_cog(TrainingCog(self))
         await self.add_cog(QueueCog(self))
         self.tree.add_command(self.lora)

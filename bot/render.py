@@ -64,6 +64,9 @@ def job_embed(job: Job) -> discord.Embed:
         embed.add_field(name="Why" if job.state != "queued" else "Note", value=clip(job.error, 1024), inline=False)
     if job.state == "done" and job.result:
         embed.add_field(name="Result", value=clip(result_text(job.result), 1024), inline=False)
+    if job.kept_files:
+        embed.add_field(name="Kept", value=clip(", ".join(f"`{name}`" for name in job.kept_files)
+                                                 + " — /lora download hands them out", 1024), inline=False)
     embed.set_footer(text=f"job #{job.id} · attempt {max(job.attempts, 1)}")
     return embed
 

@@ -13,8 +13,10 @@ import discord
 
 from bot.buttons import job_view
 from bot.render import job_embed
+from bot.sample_posts import post_results
 from engine.facade import Engine
-from engine.records import EngineEvent, Job
+from engine.errors import UserError
+from engine.records import Actor, EngineEvent, Job
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,25 @@ class StatusMessages:
             return
         if event.type == "log":
             return
+        if event.type == "queued" and event.data.get("follows"):
+            await self._show_follow_up(event.job_id, int(event.data["follows"]))
+            return
         self._schedule(event.job_id, final=event.final)
+
+    async def _show_follow_up(self, job_id: int, follows: int) -> None:
+        """A job the engine queued by itself after another (samples after a training) gets its own status
+        message in the channel where the first job is shown; untracked first jobs (the CLI's) get none."""
+        where = await self._engine.status_message(follows)
+        if where is None:
+            return
+        job = await self._engine.job(job_id)
+        try:
+            message = await self._client.get_partial_messageable(where.channel_id).send(
+                embed=job_embed(job), view=job_view(job.id, job.active))
+        except discord.HTTPException as error:
+            log.warning("could not post the status message of job %s: %s", job_id, error)
+            return
+        await self.track(job, message)
 
     def _schedule(self, job_id: int, *, final: bool) -> None:
         pending = self._pending.get(job_id)
@@ -101,6 +121,24 @@ class StatusMessages:
         await self._engine.mark_status_rendered(job_id, rendered)
         if final and job.state in ("done", "failed"):
             await self._ping_owner(job, where.channel_id, message)
+            if job.kind == "samples" and job.state == "done":
+                await self._post_samples(job, where.channel_id, message)
+
+    async def _post_samples(self, job: Job, channel_id: int, message: discord.PartialMessage) -> None:
+        """What /lora samples shows (recommendation, scores, heat map, grids), under the finished job."""
+        if job.project_name is None:
+            return
+        try:
+            results = await self._engine.training.latest_samples(Actor(job.user_id), job.project_name)
+        except UserError as error:  # the project went away meanwhile
+            log.info("no samples to post for job %s: %s", job.id, error)
+            return
+        channel = self._client.get_partial_messageable(channel_id)
+        reply = message.to_reference(fail_if_not_exists=False)
+        try:
+            await post_results(results, lambda **sent: channel.send(reference=reply, **sent), channel.send)
+        except discord.HTTPException as error:
+            log.warning("could not post the samples of job %s: %s", job.id, error)
 
     async def _ping_owner(self, job: Job, channel_id: int, message: discord.PartialMessage) -> None:
         verb = "finished" if job.state == "done" else "failed"

@@ -89,11 +89,107 @@ class TaggerConfig:
     cache_dir: str = ""
 
 
+MODEL_FAMILIES = ("sd15", "sdxl")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def _one_of(choices: tuple[str, ...]) -> Any:
+    def check(value: str) -> str | None:
+        if value not in choices:
+            return "must be one of " + ", ".join(f'"{c}"' for c in choices)
+        return None
+    return check
+
+
 @dataclass(frozen=True)
 class ModelsConfig:
-    # The base model LoRAs are trained for: a diffusers folder, a single .safetensors file or a Hub id.
-    # Its tokenizer also tells whether a trigger word is already a known token.
-    base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    # The family a training uses when the member does not pick one; its model's tokenizer also tells
+    # whether a trigger word is already a known token.
+    default_family: str = field(default="sd15", metadata={"check": _one_of(MODEL_FAMILIES)})
+    # The base model of each family: a diffusers folder, a single .safetensors file or a Hub id.
+    sd15: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    sdxl: str = "stabilityai/stable-diffusion-xl-base-1.0"
+    # "" = what the model says (single files rarely say: epsilon); otherwise forced.
+    sd15_prediction: str = field(default="", metadata={"check": _one_of(("", *PREDICTION_TYPES))})
+    sdxl_prediction: str = field(default="", metadata={"check": _one_of(("", *PREDICTION_TYPES))})
+
+    @property
+    def base(self) -> str:
+        """The default family's base model."""
+        return self.spec_for(self.default_family)
+
+    def spec_for(self, family: str) -> str:
+        return str(getattr(self, _known_family(family)))
+
+    def prediction_for(self, family: str) -> str | None:
+        """The forced prediction type of `family`'s model, None to use what the model says."""
+        return getattr(self, f"{_known_family(family)}_prediction") or None
+
+
+def _known_family(family: str) -> str:
+    # Callers check what members type (training_api); this guards against code passing a wrong name.
+    if family not in MODEL_FAMILIES:
+        raise ValueError(f"unknown model family {family!r} (known: {', '.join(MODEL_FAMILIES)})")
+    return family
+
+
+def _sample_weights(weights: list[float]) -> str | None:
+    if 0 not in weights:
+        # Weight 0 is the base model: the leak score compares every sample with it, and the grids show it
+        # as the "before" column.
+        return "must include 0 (the base model: leak is measured against it), e.g. [0, 0.4, 0.6, 0.8, 1.0]"
+    if len(set(weights)) != len(weights):
+        return "lists a weight twice"
+    if len(weights) < 2:
+        return "needs at least one weight above 0 besides 0, e.g. [0, 0.6, 1.0]"
+    return None
+
+
+def _sample_size(size: int) -> str | None:
+    if size and (size < 64 or size % 8):
+        return "must be 0 (the base model's training resolution) or 64 to 2048 and a multiple of 8"
+    return None
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The server's limits and speed guesses for /lora train."""
+    max_steps: int = field(default=10_000, metadata=_range(1, 1_000_000))   # longer plans are refused
+    # Seconds per training step at each family's preset (SD1.5 512 px batch 2; SDXL 1024 px batch 4), used
+    # for the plan's time estimate until this server has finished a training of that family.
+    sd15_seconds_per_step: float = field(default=0.5, metadata=_range(0.001, 600.0))
+    sdxl_seconds_per_step: float = field(default=2.0, metadata=_range(0.001, 600.0))
+
+
+@dataclass(frozen=True)
+class SamplesConfig:
+    # LoRA weights each kept epoch is sampled at; 0 is the base model and must be there.
+    weights: list[float] = field(default_factory=lambda: [0.0, 0.4, 0.6, 0.8, 1.0],
+                                 metadata={**_range(0.0, 2.0), "check": _sample_weights})
+    seeds: list[int] = field(default_factory=lambda: [42], metadata=_range(0, 2**32 - 1))
+    steps: int = field(default=28, metadata=_range(1, 150))
+    # 0: the family's training resolution (512 for SD1.5, 1024 for SDXL).
+    size: int = field(default=0, metadata={**_range(0, 2048), "check": _sample_size})
+    max_leak: float = field(default=0.15, metadata=_range(0.0, 1.0))
+    auto_after_training: bool = True
+    extra_models: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RegConfig:
+    """Regularization (class) pictures rendered by the base model: /lora reg and `lorabake reg`."""
+    count: int = field(default=100, metadata=_range(1, 10_000))          # when the member names no count
+    max_count: int = field(default=1000, metadata=_range(1, 10_000))     # the most one request may ask for
+    batch_size: int = field(default=4, metadata=_range(1, 64))
+    steps: int = field(default=28, metadata=_range(1, 150))
+    guidance: float = field(default=7.0, metadata=_range(0.0, 30.0))
+    seed: int = field(default=1234, metadata=_range(0, 2**31 - 1))       # picture i gets seed + i
+    # 0: the family's training resolution (512 for SD1.5, 1024 for SDXL).
+    resolution: int = field(default=0, metadata={**_range(0, 2048), "check": _sample_size})
+    quality_prompt: str = "masterpiece, best quality"
+    negative_prompt: str = ("lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, "
+                            "fewer digits, cropped, worst quality, low quality, jpeg artifacts, signature, "
+                            "watermark, blurry")
 
 
 @dataclass(frozen=True)
@@ -106,6 +202,9 @@ class Config:
     intake: IntakeConfig = field(default_factory=IntakeConfig)
     tagger: TaggerConfig = field(default_factory=TaggerConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
+    reg: RegConfig = field(default_factory=RegConfig)
 
     @property
     def web_base_url(self) -> str:
@@ -161,7 +260,8 @@ def _build(cls: type, raw: dict[str, Any], where: str, section: str) -> Any:
 
 _SECTIONS: dict[str, type] = {
     "discord": DiscordConfig, "queue": QueueConfig, "web": WebConfig, "retention": RetentionConfig,
-    "intake": IntakeConfig, "tagger": TaggerConfig, "models": ModelsConfig,
+    "intake": IntakeConfig, "tagger": TaggerConfig, "models": ModelsConfig, "training": TrainingConfig,
+    "samples": SamplesConfig, "reg": RegConfig,
 }
 
 
@@ -174,15 +274,18 @@ def _check_value(spec: dataclasses.Field, value: Any, key: str) -> Any:
     if kind == "str":
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string in quotes, got {value!r}")
+        _own_check(spec, value, key)
         return value
     if kind == "Path":
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key} must be a folder path in quotes, got {value!r}")
         return Path(value).expanduser()
-    if kind == "list[int]":
+    if kind == "list[int]" and "low" not in spec.metadata:
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
             raise ConfigError(f"{key} must be a list of Discord ids (numbers without quotes), got {value!r}")
         return value
+    if kind in ("list[int]", "list[float]"):
+        return _check_number_list(spec, value, key, kind)
     if kind == "list[str]":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{key} must be a list of strings in quotes, got {value!r}")
@@ -197,5 +300,26 @@ def _check_value(spec: dataclasses.Field, value: Any, key: str) -> Any:
         if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
             bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise ConfigError(f"{key} must be {bounds}, got {value!r}")
+        _own_check(spec, value, key)
         return float(value) if kind == "float" else value
     raise AssertionError(f"unhandled config type {kind} for {key}")
+
+
+def _check_number_list(spec: dataclasses.Field, value: Any, key: str, kind: str) -> list:
+    """A non-empty list of numbers, each within the field's range, then the field's own check."""
+    numeric = (int,) if kind == "list[int]" else (int, float)
+    noun = "whole numbers" if kind == "list[int]" else "numbers"
+    low, high = spec.metadata["low"], spec.metadata["high"]
+    if not isinstance(value, list) or not value or not all(
+            isinstance(v, numeric) and not isinstance(v, bool) and math.isfinite(v) and low <= v <= high
+            for v in value):
+        raise ConfigError(f"{key} must be a non-empty list of {noun} between {low} and {high}, got {value!r}")
+    _own_check(spec, value, key)
+    return [float(v) for v in value] if kind == "list[float]" else value
+
+
+def _own_check(spec: dataclasses.Field, value: Any, key: str) -> None:
+    """A field's own rule beyond type and range (metadata "check": value → problem or None)."""
+    problem = spec.metadata.get("check", lambda _: None)(value)
+    if problem:
+        raise ConfigError(f"{key} {problem}, got {value!r}")

@@ -4,7 +4,6 @@ finds that actor's own projects: another member's project is simply "not found".
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import sqlite3
 import time
@@ -18,11 +17,12 @@ from engine.dataset import Staging, jpeg_preview, sweep_orphan_images
 from engine.intake import IncomingFile, IntakeReport
 from engine.tagging.analyze import TagCount, analyze
 from engine.config import Config
-from engine.errors import Forbidden, Invalid, LimitReached, NotFound, SetupError
+from engine.errors import Forbidden, Invalid, LimitReached, NotFound, SetupError, UserError
 from engine.events import EventBus, Subscription
 from engine.jobs import JobKind, load_kinds, require_kind
 from engine.links import LinkSigner, new_token_id
 from engine.records import Actor, Job, Project
+from engine.reg_api import RegAPI
 from engine.training_api import TrainingAPI
 from engine.scheduler import Scheduler
 from storage import artifacts as artifact_rows
@@ -34,7 +34,7 @@ from storage import status_messages as status_rows
 from storage.artifacts import ArtifactRow
 from storage.db import Database
 from storage.images import ImageRow
-from storage.layout import DataLayout
+from storage.layout import DataLayout, file_sha256
 from storage.migrations import SchemaTooNew
 from storage.status_messages import StatusMessageRow
 from storage.users import upsert_user
@@ -49,7 +49,7 @@ class Engine:
         self._db = db
         self._kinds = kinds
         self.events = EventBus()
-        self.scheduler = Scheduler(db, layout, config.queue, kinds, self.events)
+        self.scheduler = Scheduler(db, layout, config.queue, kinds, self.events, after_done=self._follow_up)
         self.links = LinkSigner.from_config(config.web.secret, layout.root / "secret.key")
         self.staging = Staging(layout)
         # Where members' browsers reach the download server; the service corrects it once it knows
@@ -57,6 +57,7 @@ class Engine:
         self.public_url = config.web_base_url
         self.curation = CurationAPI(self)
         self.training = TrainingAPI(self)
+        self.reg = RegAPI(self)
         self._started = False
 
     @classmethod
@@ -266,7 +267,9 @@ class Engine:
     # --- jobs -----------------------------------------------------------------------------------
 
     async def enqueue(self, actor: Actor, kind_name: str, project: str | None = None,
-                      params: dict[str, Any] | None = None) -> Job:
+                      params: dict[str, Any] | None = None, *, follows: int | None = None) -> Job:
+        """`follows`: the job this one was queued after by the engine itself (samples after a training);
+        the "queued" event carries it so a front-end can show the new job where the first one is shown."""
         kind = require_kind(self._kinds, kind_name)
         project_row = await self.own_project_row(actor, project) if project else None
         if kind.needs_project and project_row is None:
@@ -283,26 +286,50 @@ class Engine:
                 tx, user_id=actor.user_id, project_id=project_row.id if project_row else None, kind=kind.name,
                 lane=kind.lane, priority=kind.priority, params=params or {},
             )
-            await job_rows.add_event(tx, job_id, "queued", {"kind": kind.name})
-        self.scheduler.publish("queued", job_id, actor.user_id, {"kind": kind.name})
+            queued = {"kind": kind.name, **({"follows": follows} if follows is not None else {})}
+            await job_rows.add_event(tx, job_id, "queued", queued)
+        self.scheduler.publish("queued", job_id, actor.user_id, queued)
         self.scheduler.wake(kind.lane)
         return await self.job(job_id)
 
+    async def _follow_up(self, job: job_rows.JobRow) -> None:
+        """What the engine queues by itself when a job has ended done: sample grids after a training
+        ([samples] auto_after_training). A refusal (the member's queue is full) is logged, not raised."""
+        if job.kind != "train" or not self.config.samples.auto_after_training or job.project_id is None:
+            return
+        project = await project_rows.get_by_id(self._db, job.project_id)
+        if project is None:
+            return
+        try:
+            await self.training.samples(Actor(job.user_id), project.name, follows=job.id)
+        except UserError as error:
+            log.warning("job %s: no sample grids after the training: %s", job.id, error)
+
     async def run_here(self, start: Callable[[], Awaitable[Job]]) -> Job:
-        """Starts the scheduler in this process, queues a job with `start`, and waits for it to end
-        (the CLI and the demo). Raises SchedulerBusy while another process (the bot) runs jobs from
-        the same folder; nothing is queued then."""
+        """Starts the scheduler in this process, queues a job with `start`, and waits for it and the jobs
+        the engine queues after it (the CLI and the demo). Raises SchedulerBusy while another process (the
+        bot) runs jobs from the same folder; nothing is queued then."""
+        return (await self.run_chain_here(start))[0]
+
+    async def run_chain_here(self, start: Callable[[], Awaitable[Job]]) -> list[Job]:
+        """As run_here; returns the job and its follow-ups (samples after a training), as they ended."""
         subscription = self.subscribe()
         try:
             if not self._started:
                 await self.start()
             job = await start()
+            chain, waiting = [job.id], {job.id}
             async for event in subscription:
-                if event.job_id == job.id and event.final:
+                if event.type == "queued" and event.data.get("follows") in chain:
+                    chain.append(event.job_id)
+                    waiting.add(event.job_id)
+                elif event.final:
+                    waiting.discard(event.job_id)
+                if not waiting:
                     break
         finally:
             subscription.close()
-        return await self.job(job.id)
+        return [await self.job(job_id) for job_id in chain]
 
     async def job(self, job_id: int) -> Job:
         row = await job_rows.get(self._db, job_id)
@@ -345,9 +372,14 @@ class Engine:
                 state=row.state, position=positions.get(row.id) if row.state == "queued" else None,
                 progress=row.progress, result=row.result, error=row.error, attempts=row.attempts,
                 created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
+                kept_files=await self._kept_files(row) if row.state in ("failed", "cancelled") else (),
             )
             for row in rows
         ]
+
+    async def _kept_files(self, row: job_rows.JobRow) -> tuple[str, ...]:
+        paths = [await self.artifact_path(a) for a in await artifact_rows.list_for_job(self._db, row.id)]
+        return tuple(path.name for path in paths if path.is_file())
 
     # --- status messages (where a front-end shows a job) -----------------------------------------
 
@@ -388,7 +420,7 @@ class Engine:
         row = await self.own_project_row(actor, project)
         root = self.layout.project(row.user_id, row.dir_name).root
         path = Path(path)
-        digest = await asyncio.to_thread(lambda: hashlib.sha256(path.read_bytes()).hexdigest())
+        digest = await asyncio.to_thread(file_sha256, path)
         async with self._db.transaction() as tx:
             artifact_id = await artifact_rows.upsert(
                 tx, project_id=row.id, job_id=None, kind="export", path=path.relative_to(root).as_posix(),

@@ -50,6 +50,9 @@ class Job:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    # A job that failed or was cancelled: the files it had already written that are still there (the
+    # epochs of an interrupted training), so the member knows what was kept.
+    kept_files: tuple[str, ...] = ()
 
     @property
     def active(self) -> bool:

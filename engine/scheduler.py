@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import time
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from engine.config import QueueConfig
@@ -28,7 +28,7 @@ from storage import artifacts as artifact_rows
 from storage import jobs as job_rows
 from storage import projects as project_rows
 from storage.db import Database
-from storage.layout import DataLayout
+from storage.layout import DataLayout, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,10 @@ class SchedulerBusy(UserError):
 
 class Scheduler:
     def __init__(self, db: Database, layout: DataLayout, config: QueueConfig, kinds: dict[str, JobKind],
-                 bus: EventBus) -> None:
+                 bus: EventBus, after_done: Callable[[job_rows.JobRow], Awaitable[None]] | None = None) -> None:
         self._db = db
+        # Called once a job has ended "done" (its event published): the engine queues follow-up jobs here.
+        self._after_done = after_done
         self._layout = layout
         self._config = config
         self._kinds = kinds
@@ -210,7 +212,8 @@ class Scheduler:
                 outcome = Outcome("failed", error="the job finished but its results could not be saved "
                                                   "(see the bot's log); run it again")
         if outcome.state == "done":
-            await self._finish(job.id, job.user_id, "done", result=outcome.result)
+            await self._finish(job.id, job.user_id, "done", result=outcome.result,
+                               before_publish=lambda: self._queue_follow_ups(job))
         else:
             await self._finish(job.id, job.user_id, "failed", error=outcome.error,
                                extra={"log_tail": outcome.log_tail[-8:]})
@@ -236,8 +239,19 @@ class Scheduler:
             await tx.execute("UPDATE jobs SET attempts = MAX(attempts - 1, 0) WHERE id = ?", (job.id,))
             await job_rows.add_event(tx, job.id, "requeued", {"reason": reason})
 
+    async def _queue_follow_ups(self, job: job_rows.JobRow) -> None:
+        if self._after_done is None:
+            return
+        try:
+            await self._after_done(job)
+        except Exception:  # a follow-up that cannot be queued must not stop the lane
+            log.exception("job %s: queueing its follow-up failed", job.id)
+
     async def _finish(self, job_id: int, user_id: int, state: str, *, error: str | None = None,
-                      result: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> bool:
+                      result: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+                      before_publish: Callable[[], Awaitable[None]] | None = None) -> bool:
+        """Ends the job in the database, then announces it. `before_publish` runs in between (follow-up
+        jobs are queued there), so whoever waits for this job's end already knows what follows it."""
         data: dict[str, Any] = {**(extra or {})}
         if error:
             data["error"] = error
@@ -248,6 +262,8 @@ class Scheduler:
             if changed:
                 await job_rows.add_event(tx, job_id, state, data)
         if changed:
+            if before_publish is not None:
+                await before_publish()
             self.publish(state, job_id, user_id, data)
         return changed
 
@@ -293,21 +309,13 @@ class _EventRecorder:
         if self._project_dir is None or self._job.project_id is None or not path.is_file():
             return {**event, "registered": False}
         relative = path.resolve().relative_to(self._project_dir.resolve()).as_posix()
-        digest = await asyncio.to_thread(_sha256, path)
+        digest = await asyncio.to_thread(file_sha256, path)
         async with self._db.transaction() as tx:
             artifact_id = await artifact_rows.upsert(
                 tx, project_id=self._job.project_id, job_id=self._job.id, kind=str(event.get("kind", "file")),
                 path=relative, size=path.stat().st_size, sha256=digest,
             )
         return {**event, "path": relative, "artifact_id": artifact_id, "registered": True}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _kill_stale_worker(pid: int | None) -> None:

@@ -4,27 +4,49 @@ works after a restart."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.errors import Invalid, NotFound
+from engine.config import MODEL_FAMILIES
+from engine.errors import Invalid, NotFound, SetupError
 from engine.models import resolve_base_model
 from engine.records import Actor, Job
-from engine.training.kohya_format import epoch_number
+from engine.samples.report import SampleResults, read_report, sample_results, samples_match
+from engine.training.lora_files import epoch_files, epoch_number, trained_family
 from engine.training.options import TrainOptions, apply_overrides, preset
 from engine.training.plan import TrainPlan, make_plan, refuse_if_too_long
 from storage import images as image_rows
+from storage import jobs as job_rows
 from storage import settings as setting_rows
 from storage.artifacts import ArtifactRow
+from storage.projects import ProjectRow
 
 if TYPE_CHECKING:
     from engine.facade import Engine
 
 
-@dataclass(frozen=True)
+_FAMILY_NAMES = {"sd15": "SD 1.x", "sdxl": "SDXL"}
+
+
+def choose_family(asked: str | None, default: str) -> str:
+    """The model family a member asked for (None: the server's default), checked."""
+    if asked is None:
+        return default
+    family = asked.strip().lower()
+    if family not in MODEL_FAMILIES:
+        raise Invalid(f"unknown model family {asked!r}: choose one of {', '.join(MODEL_FAMILIES)}")
+    return family
+
+
+def _step_pixels(options: TrainOptions) -> int:
+    """What a step's time mostly grows with: the pixels of its batch."""
+    return options.resolution ** 2 * options.batch_size
+
+
+@dataclasses.dataclass(frozen=True)
 class PlannedTraining:
     project: str
     family: str
@@ -33,34 +55,84 @@ class PlannedTraining:
     uncaptioned: int
 
 
+@dataclasses.dataclass(frozen=True)
+class LoraFile:
+    artifact: ArtifactRow
+    path: Path
+    epoch: int | None                   # None: the final file
+    recommended_weight: float | None    # set when this is the epoch the samples recommend
+
+    @property
+    def description(self) -> str:
+        """Which file this is, in the words the member reads next to it."""
+        if self.recommended_weight is not None:
+            return f"epoch {self.epoch}, the recommended one (weight {self.recommended_weight:g})"
+        return "the final file" if self.epoch is None else f"epoch {self.epoch}"
+
+
+def _hashes(found: dict[int | None, tuple[ArtifactRow, Path]]) -> dict[int, str]:
+    return {epoch: artifact.sha256 for epoch, (artifact, _path) in found.items() if epoch is not None}
+
+
 class TrainingAPI:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    async def plan(self, actor: Actor, project: str, overrides: dict[str, str]) -> PlannedTraining:
+    async def plan(self, actor: Actor, project: str, overrides: dict[str, str], *,
+                   family: str | None = None) -> PlannedTraining:
+        """`family` picks the base model from [models] ("sd15" / "sdxl"; None = default_family)."""
         engine = self._engine
+        family = choose_family(family, engine.config.models.default_family)
         row = await engine.own_project_row(actor, project)
         pictures = await image_rows.list_for_project(engine._db, row.id)
         train = [p for p in pictures if p.kind == "train"]
         if not train:
             raise Invalid(f"{row.name} has no training pictures yet: add some with /lora upload")
         captions = await image_rows.captions(engine._db, row.id, "train")
-        info = await asyncio.to_thread(resolve_base_model, engine.config.models.base)
-        options = apply_overrides(preset(info.family), overrides)
-        plan = make_plan(options, train_images=len(train), reg_images=len(pictures) - len(train))
+        models = engine.config.models
+        info = await asyncio.to_thread(resolve_base_model, models.spec_for(family),
+                                       prediction=models.prediction_for(family))
+        if info.family != family:
+            raise SetupError(f"[models] {family} names {info.spec}, which is an {_FAMILY_NAMES[info.family]} "
+                             f"model, not {_FAMILY_NAMES[family]}: the server owner should set [models] {family} "
+                             f"to an {_FAMILY_NAMES[family]} model")
+        options = dataclasses.replace(apply_overrides(preset(info.family), overrides),
+                                      max_train_steps_cap=engine.config.training.max_steps)
+        seconds, source = await self._seconds_per_step(options)
+        plan = make_plan(options, train_images=len(train), reg_images=len(pictures) - len(train),
+                         seconds_per_step=seconds, speed_source=source)
         refuse_if_too_long(plan, options.max_train_steps_cap)
         return PlannedTraining(row.name, info.family, options, plan, len(train) - len(captions))
 
-    async def start(self, actor: Actor, project: str, overrides: dict[str, str]) -> Job:
-        planned = await self.plan(actor, project, overrides)
+    async def start(self, actor: Actor, project: str, overrides: dict[str, str], *,
+                    family: str | None = None) -> Job:
+        planned = await self.plan(actor, project, overrides, family=family)
         row = await self._engine.own_project_row(actor, project)
-        params = {"base_model": self._engine.config.models.base, "options": planned.options.to_dict(),
-                  "trigger": row.trigger, "name": row.name}
+        models = self._engine.config.models
+        params = {"base_model": models.spec_for(planned.family), "prediction": models.prediction_for(planned.family),
+                  "options": planned.options.to_dict(), "trigger": row.trigger, "name": row.name}
         return await self._engine.enqueue(actor, "train", row.name, params)
 
-    async def lora_file(self, actor: Actor, project: str, epoch: int | None = None) -> tuple[ArtifactRow, Path]:
-        """The trained file to hand over: the final LoRA, or one epoch's (only files still on disk)."""
-        row = await self._engine.own_project_row(actor, project)
+    async def _seconds_per_step(self, options: TrainOptions) -> tuple[float, str]:
+        """How long one step of `options` should take on this server: the newest finished training of the
+        same family, scaled by the pixels a step handles; before there is one, the [training] guess."""
+        for job in await job_rows.latest_done(self._engine._db, "train"):
+            past, it_s = job.params.get("options") or {}, (job.result or {}).get("it_s")
+            if past.get("family") == options.family and isinstance(it_s, (int, float)) and it_s > 0:
+                scale = _step_pixels(options) / (past["resolution"] ** 2 * past["batch_size"])
+                return scale / it_s, f"measured on this server's last {_FAMILY_NAMES[options.family]} training"
+        guess = getattr(self._engine.config.training, f"{options.family}_seconds_per_step")
+        scale = _step_pixels(options) / _step_pixels(preset(options.family))
+        return guess * scale, "a guess until a training has run on this server"
+
+    def _trained_family(self, row: ProjectRow) -> str:
+        """The family the project's LoRA was trained on (the default family when there is no LoRA yet, or
+        it does not say)."""
+        output = self._engine.layout.project(row.user_id, row.dir_name).output
+        return trained_family(output, row.name) or self._engine.config.models.default_family
+
+    async def _lora_files(self, actor: Actor, row: ProjectRow) -> dict[int | None, tuple[ArtifactRow, Path]]:
+        """epoch → (artifact, path) of the trained files still on disk; None is the final file."""
         found: dict[int | None, tuple[ArtifactRow, Path]] = {}
         for artifact in await self._engine.artifacts(actor, row.name):
             path = await self._engine.artifact_path(artifact)
@@ -68,47 +140,71 @@ class TrainingAPI:
                 found[None] = (artifact, path)
             elif artifact.kind == "lora-epoch" and path.is_file():
                 found[epoch_number(path, row.name)] = (artifact, path)
-        if epoch in found:
-            return found[epoch]
+        return found
+
+    async def lora_file(self, actor: Actor, project: str, epoch: int | None = None) -> LoraFile:
+        """The trained file to hand over: one epoch's if asked; else the recommended epoch's when samples of
+        the current files exist; else the final LoRA (only files still on disk)."""
+        row = await self._engine.own_project_row(actor, project)
+        found = await self._lora_files(actor, row)
         if not found:
             raise NotFound(f"{row.name} has no trained LoRA yet: start one with /lora train")
-        epochs = ", ".join(str(n) for n in sorted(k for k in found if k is not None)) or "none"
+        report = read_report(self._samples_folder(row))
+        if epoch is None and report is not None and samples_match(report, _hashes(found)):
+            best = report["recommended"]
+            if best["epoch"] in found:
+                return LoraFile(*found[best["epoch"]], best["epoch"], best["weight"])
+        if epoch in found:
+            return LoraFile(*found[epoch], epoch, None)
+        kept = sorted(k for k in found if k is not None)
+        if epoch is None:  # a training that was cancelled or stopped: its last saved epoch
+            return LoraFile(*found[kept[-1]], kept[-1], None)
+        epochs = ", ".join(str(n) for n in kept) or "none"
         raise NotFound(f"{row.name} has no file for epoch {epoch}: the kept epochs are {epochs}")
 
-    async def samples(self, actor: Actor, project: str, *, steps: int = 28, size: int = 512) -> Job:
-        """Queues sample grids and scores for every kept epoch of the project's LoRA."""
+    async def samples(self, actor: Actor, project: str, *, follows: int | None = None) -> Job:
+        """Queues sample grids and scores for every kept epoch of the project's LoRA ([samples] config).
+        `follows`: the job this one was queued after (a training), so front-ends can show it there."""
         engine = self._engine
         row = await engine.own_project_row(actor, project)
+        if not epoch_files(engine.layout.project(row.user_id, row.dir_name).output, row.name):
+            raise Invalid(f"{row.name} has no trained epochs to sample yet: train it first with /lora train")
+        sampling, models, family = engine.config.samples, engine.config.models, self._trained_family(row)
         frequent = [s.tag for s in await engine.tag_stats(actor, row.name) if s.share >= 0.5]
         pruned = await engine.curation.pruned_tags(row.id)
         tagger = engine.config.tagger
         params = {
-            "base_model": engine.config.models.base, "name": row.name, "trigger": row.trigger,
-            "class_name": row.class_name, "character_tags": pruned + [t for t in frequent if t not in pruned],
+            "base_model": models.spec_for(family), "prediction": models.prediction_for(family),
+            "name": row.name, "trigger": row.trigger, "class_name": row.class_name, "character_tags": pruned + [t for t in frequent if t not in pruned],
             "tagger": {"model": tagger.model, "cache_dir": tagger.cache_dir,
                        "general_threshold": tagger.general_threshold,
                        "character_threshold": tagger.character_threshold, "blacklist": tagger.blacklist},
-            "weights": [0.0, 0.4, 0.6, 0.8, 1.0], "seeds": [42], "steps": steps, "size": [size, size],
-            "max_bytes": 8 * 2**20, "max_leak": 0.15,
+            "weights": sampling.weights, "seeds": sampling.seeds, "steps": sampling.steps, "size": sampling.size,
+            "max_bytes": 8 * 2**20, "max_leak": sampling.max_leak, "extra_models": sampling.extra_models,
         }
-        return await engine.enqueue(actor, "samples", row.name, params)
+        return await engine.enqueue(actor, "samples", row.name, params, follows=follows)
 
-    async def latest_samples(self, actor: Actor, project: str) -> tuple[dict, list[Path]]:
-        """The last samples run's report (scores, recommendation) and its grid files."""
+    async def latest_samples(self, actor: Actor, project: str, epoch: int | None = None) -> SampleResults:
+        """The last samples run: recommendation, scores and pictures (only `epoch`'s grid and rows if given)."""
         row = await self._engine.own_project_row(actor, project)
-        folder = self._engine.layout.project(row.user_id, row.dir_name).samples
-        report_path = folder / "scores.json"
-        if not report_path.is_file():
+        folder = self._samples_folder(row)
+        report = read_report(folder)
+        if report is None:
             raise NotFound(f"{row.name} has no samples yet: train it, then run /lora samples")
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-        return report, [folder / name for name in report["grids"] if (folder / name).is_file()]
+        return sample_results(row.name, folder, report, epoch=epoch,
+                              epoch_hashes=_hashes(await self._lora_files(actor, row)))
 
-    async def remember(self, actor: Actor, project: str, overrides: dict[str, str]) -> str:
+    def _samples_folder(self, row: ProjectRow) -> Path:
+        return self._engine.layout.project(row.user_id, row.dir_name).samples
+
+    async def remember(self, actor: Actor, project: str, overrides: dict[str, str], *,
+                       family: str | None = None) -> str:
         """Keeps a shown plan for its Start button; returns the token the button carries."""
         row = await self._engine.own_project_row(actor, project)
         token = secrets.token_hex(6)
         await setting_rows.put(self._engine._db, f"train.pending.{token}",
-                               json.dumps({"user_id": actor.user_id, "project_id": row.id, "overrides": overrides}))
+                               json.dumps({"user_id": actor.user_id, "project_id": row.id, "overrides": overrides,
+                                           "family": family}))
         return token
 
     async def start_remembered(self, actor: Actor, token: str) -> Job:
@@ -117,6 +213,6 @@ class TrainingAPI:
         if pending is None or pending["user_id"] != actor.user_id:
             raise NotFound("this training plan is not yours or no longer exists: run /lora train again")
         row = await self._engine.own_project_row_by_id(actor, pending["project_id"])
-        job = await self.start(actor, row.name, pending["overrides"])
+        job = await self.start(actor, row.name, pending["overrides"], family=pending.get("family"))
         await setting_rows.put(self._engine._db, f"train.pending.{token}", "null")  # one start per plan
         return job

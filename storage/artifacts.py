@@ -49,6 +49,11 @@ async def list_for_project(db: Database, project_id: int, kind: str | None = Non
     return [record(ArtifactRow, row) for row in rows]
 
 
+async def list_for_job(db: Database, job_id: int) -> list[ArtifactRow]:
+    rows = await db.fetchall(f"SELECT {_COLUMNS} FROM artifacts WHERE job_id = ? ORDER BY id", (job_id,))
+    return [record(ArtifactRow, row) for row in rows]
+
+
 async def insert_link(tx: Tx, token_id: str, artifact_id: int, user_id: int, expires_at: float) -> None:
     await tx.execute(
         "INSERT INTO download_links (token_id, artifact_id, user_id, expires_at, created_at) VALUES (?, ?, ?, ?, ?)",

@@ -91,6 +91,14 @@ async def list_jobs(db: Database | Tx, *, states: tuple[str, ...] = ACTIVE_STATE
     return [JobRow.from_row(row) for row in rows]
 
 
+async def latest_done(db: Database | Tx, kind: str, limit: int = 20) -> list[JobRow]:
+    """The newest finished ("done") jobs of a kind, newest first."""
+    rows = await db.fetchall(
+        f"SELECT {_COLUMNS} FROM jobs WHERE kind = ? AND state = 'done' ORDER BY finished_at DESC, id DESC LIMIT ?",
+        (kind, limit))
+    return [JobRow.from_row(row) for row in rows]
+
+
 async def count_active_for_user(tx: Tx, user_id: int) -> int:
     row = await tx.fetchone("SELECT COUNT(*) FROM jobs WHERE user_id = ? AND state IN ('queued', 'running')", (user_id,))
     return int(row[0]) if row else 0

@@ -11,6 +11,7 @@ therefore leave unreferenced files behind, never a row without its files; `sweep
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -110,6 +111,15 @@ class DataLayout:
             for leftover in self.trash_dir.iterdir():
                 shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink()
         return removed
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MB chunks (LoRA files and exports can be large)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -7,11 +7,16 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import discord
-import pytest
+# Before anything imports torch, and inherited by every worker process: tiny models gain nothing from a
+# second thread, and on a busy 2-core machine OpenMP's spinning threads slow them down about tenfold.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import discord  # noqa: E402
+import pytest  # noqa: E402
 
 from bot.app import Service
-from engine.config import Config, DiscordConfig, QueueConfig, WebConfig
+from engine.config import Config, DiscordConfig, QueueConfig, SamplesConfig, WebConfig
+from engine.devtools.tiny_models import TinyModelPaths, write_tiny_models
 from engine.facade import Engine
 from engine.records import Actor
 from tests.fakediscord import FakeDiscord
@@ -29,6 +34,12 @@ def job_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModelPaths:
+    """Tiny SD1.5, SDXL and tagger models, written once per test run (DESIGN §4)."""
+    return write_tiny_models(tmp_path_factory.mktemp("models"))
+
+
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     return Config(
@@ -36,6 +47,9 @@ def config(tmp_path: Path) -> Config:
         discord=DiscordConfig(status_edit_interval_s=0.2),
         queue=QueueConfig(max_queued_per_user=12, cancel_grace_s=2.0),
         web=WebConfig(port=0),
+        # A training would otherwise queue full-size sample grids behind it in every test that trains;
+        # the tests of that follow-up turn it on.
+        samples=SamplesConfig(auto_after_training=False),
     )
 
 

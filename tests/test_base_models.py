@@ -167,7 +167,7 @@ def test_hub_id_offline_is_a_setup_error(tmp_path: Path, monkeypatch: pytest.Mon
         resolve_base_model("someone/some-sd15-model", cache_dir=str(tmp_path / "hf"))
     message = str(caught.value)
     assert "could not download the base model someone/some-sd15-model (HF_HUB_OFFLINE is set)" in message
-    assert "hf download someone/some-sd15-model" in message and "[models] base" in message
+    assert "hf download someone/some-sd15-model" in message and "[models] sd15 or sdxl" in message
     # A single file's component configs come from the Hub too: offline and uncached, a SetupError.
     sd15 = _checkpoint(tmp_path / "sd15.safetensors", SD15_KEYS)
     with pytest.raises(SetupError, match="stable-diffusion-v1-5/stable-diffusion-v1-5"):

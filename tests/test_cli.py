@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from engine.config import Config
 from engine.facade import Engine
@@ -35,8 +34,8 @@ def lorabake(cwd: Path, *args: str, timeout: float = 60) -> subprocess.Completed
                           timeout=timeout)
 
 
-def ok_json(cwd: Path, *args: str):
-    done = lorabake(cwd, *args, "--json")
+def ok_json(cwd: Path, *args: str, timeout: float = 60):
+    done = lorabake(cwd, *args, "--json", timeout=timeout)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     return json.loads(done.stdout)
@@ -257,16 +256,26 @@ def test_dev_tiny_models_writes_three_model_folders(tmp_path: Path) -> None:
 
 
 def test_demo_runs_the_journey_without_discord(tmp_path: Path) -> None:
-    summary = ok_json(tmp_path, "demo")
-    assert summary["ok"] is True
+    from safetensors import safe_open
+
+    stale = tmp_path / "data" / "demo" / "users" / "0" / "Stale"
+    stale.mkdir(parents=True)  # a demo starts from nothing: an earlier demo's leftovers are removed
+    summary = ok_json(tmp_path, "demo", timeout=300)  # the whole journey: about a minute on 2 cores
+    assert summary["ok"] is True, summary
     steps = {step["step"].split(" #")[0]: step for step in summary["steps"]}
+    assert list(steps) == ["tiny models written", "project created", "pictures added", "tagging job",
+                           "curated: the character's fixed traits pruned", "reg pictures job", "training job",
+                           "sample grids job", "scores and recommendation", "the LoRA to download"]
     assert Path(steps["tiny models written"]["sd15"], "model_index.json").is_file()
-    assert Path(steps["project created"]["folder"], "dataset").is_dir()
-    check = next(step for step in summary["steps"] if step["step"].startswith("system check job"))
-    assert "done in a worker process" in check["step"] and check["torch"]
-    assert Path(summary["data_dir"]) == tmp_path / "data" / "demo"
-    again = ok_json(tmp_path, "demo")  # a second demo starts from nothing, it does not trip over the first
-    assert again["ok"] is True and len(list((tmp_path / "data" / "demo" / "users" / "0").iterdir())) == 1
+    project = Path(steps["project created"]["folder"])
+    assert steps["pictures added"]["accepted"] == 8 and "not a picture" in steps["pictures added"]["refused"]
+    assert steps["reg pictures job"]["rendered"] == 4 and len(list((project / "reg").glob("*.png"))) == 4
+    assert "queued by the training" in next(s["step"] for s in summary["steps"] if s["step"].startswith("sample"))
+    assert (project / "samples" / "heatmap.png").is_file() and "Epoch" in steps["scores and recommendation"]["advice"]
+    lora = Path(steps["the LoRA to download"]["file"])
+    with safe_open(lora, "np") as handle:
+        assert all(key.startswith(("lora_unet_", "lora_te_")) for key in handle.keys())
+    assert Path(summary["data_dir"]) == tmp_path / "data" / "demo" and not stale.exists()
 
 
 def test_images_add_tag_and_tags_from_the_command_line(tmp_path: Path) -> None:
@@ -336,7 +345,9 @@ def test_train_plan_and_run_from_the_command_line(tmp_path: Path) -> None:
     from engine.devtools.tiny_models import write_tiny_models
 
     models = write_tiny_models(tmp_path / "models")
-    (tmp_path / "config.toml").write_text(f'[intake]\nmin_side = 32\n[models]\nbase = "{models.sd15}"\n')
+    (tmp_path / "config.toml").write_text(
+        f'[intake]\nmin_side = 32\n[models]\nsd15 = "{models.sd15}"\n[tagger]\nmodel = "{models.tagger}"\n'
+        "[samples]\nweights = [0, 1]\nsteps = 1\nsize = 64\n")
     ok_json(tmp_path, "projects", "new", "XingBar30", "XingBar", "man")
     (tmp_path / "a.png").write_bytes(picture(1))
     ok_json(tmp_path, "images", "add", "XingBar30", "a.png")
@@ -346,6 +357,8 @@ def test_train_plan_and_run_from_the_command_line(tmp_path: Path) -> None:
     assert planned["plan"]["total_steps"] == 1 and planned["options"]["network_dim"] == 4
     wrong = lorabake(tmp_path, "train", "XingBar30", "--set", "epochs=0")
     assert wrong.returncode == 1 and "epochs must be between" in wrong.stderr
-    job = ok_json(tmp_path, "train", "XingBar30", *tiny)
+    job = ok_json(tmp_path, "train", "XingBar30", *tiny, timeout=180)
     assert job["state"] == "done" and job["result"]["file"] == "XingBar30.safetensors"
+    [samples] = job["follow_ups"]  # run here, the CLI also waits for the sample grids that follow
+    assert samples["kind"] == "samples" and samples["state"] == "done" and samples["result"]["recommended_epoch"] == 1
     assert (tmp_path / "data" / "users" / "0" / "XingBar30" / "output" / "XingBar30.safetensors").is_file()

@@ -16,8 +16,11 @@ from engine.config import (
     IntakeConfig,
     ModelsConfig,
     TaggerConfig,
+    TrainingConfig,
     QueueConfig,
+    RegConfig,
     RetentionConfig,
+    SamplesConfig,
     WebConfig,
     load_config,
 )
@@ -180,6 +183,23 @@ def test_absolute_and_home_data_dirs_are_kept(tmp_path: Path, monkeypatch: pytes
         ("[web\nport = 80\n", ["not valid TOML"]),
         ('token = "abc\n', ["not valid TOML"]),
         ('[discord]\nstatus_edit_interval_s = "fast"\n', ["[discord] status_edit_interval_s", "a number"]),
+        ("[samples]\nweights = [0.4, 1.0]\n", ["[samples] weights", "must include 0", "base model"]),
+        ("[samples]\nweights = [0, 2.5]\n", ["[samples] weights", "between 0.0 and 2.0"]),
+        ("[samples]\nweights = []\n", ["[samples] weights", "non-empty list"]),
+        ("[samples]\nweights = [0, 0.5, 0.5]\n", ["[samples] weights", "twice"]),
+        ("[samples]\nweights = [0]\n", ["[samples] weights", "above 0"]),
+        ('[samples]\nseeds = ["42"]\n', ["[samples] seeds", "whole numbers"]),
+        ("[samples]\nsize = 100\n", ["[samples] size", "multiple of 8"]),
+        ("[samples]\nsize = 32\n", ["[samples] size", "0 (the base model's"]),
+        ("[samples]\nmax_leak = 1.5\n", ["[samples] max_leak", "between 0.0 and 1.0"]),
+        ("[training]\nmax_steps = 0\n", ["[training] max_steps", "between 1 and 1000000"]),
+        ("[training]\nsdxl_seconds_per_step = 0\n", ["[training] sdxl_seconds_per_step", "between 0.001"]),
+        ('[samples]\nextra_models = "x"\n', ["[samples] extra_models", "list of strings"]),
+        ('[models]\ndefault_family = "sd3"\n', ["[models] default_family", '"sd15", "sdxl"', "'sd3'"]),
+        ('[models]\nsdxl_prediction = "v-pred"\n', ["[models] sdxl_prediction", '"v_prediction"', "'v-pred'"]),
+        ('[models]\nsd15_prediction = "sample"\n', ["[models] sd15_prediction", '"epsilon"']),
+        ('[models]\nbase = "old/key"\n', ["unknown key", "[models] base", "sd15", "default_family"]),
+        ("[models]\nsdxl = 5\n", ["[models] sdxl", "string"]),
     ],
 )
 def test_bad_values_give_one_line_errors_naming_the_key(tmp_path: Path, text: str, must_mention: list[str]) -> None:
@@ -237,6 +257,18 @@ def test_error_for_every_numeric_field_names_that_field(tmp_path: Path) -> None:
     assert checked >= 10
 
 
+def test_models_name_a_base_model_and_prediction_per_family(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[models]\ndefault_family = "sdxl"\nsdxl = "/models/pony.safetensors"\n'
+                            'sdxl_prediction = "v_prediction"\n')
+    models = load_config(path, env={}).models
+    assert models.base == models.spec_for("sdxl") == "/models/pony.safetensors"
+    assert models.spec_for("sd15") == ModelsConfig().sd15 == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert (models.prediction_for("sdxl"), models.prediction_for("sd15")) == ("v_prediction", None)
+    assert ModelsConfig().base == ModelsConfig().sd15
+    with pytest.raises(ValueError, match="sd15, sdxl"):
+        models.spec_for("sd3")
+
+
 # --- config.example.toml --------------------------------------------------------------------------
 
 
@@ -268,10 +300,12 @@ def test_example_config_mentions_every_field_in_its_section() -> None:
             keys_by_section[section].add(key.group(1))
     missing = [f"[{s}] {n}" if s else n for s, n, _ in _sections() if n not in keys_by_section.get(s, set())]
     assert missing == [], f"config.example.toml does not show: {missing}"
-    for cls in (DiscordConfig, QueueConfig, WebConfig, RetentionConfig, IntakeConfig, TaggerConfig, ModelsConfig):
+    for cls in (DiscordConfig, QueueConfig, WebConfig, RetentionConfig, IntakeConfig, TaggerConfig, ModelsConfig,
+                TrainingConfig, SamplesConfig):
         assert dataclasses.fields(cls)  # the walk above really covers these sections
     sections = {s for s, _n, _f in _sections() if s}
-    assert sections == {"discord", "queue", "web", "retention", "intake", "tagger", "models"}
+    assert sections == {"discord", "queue", "web", "retention", "intake", "tagger", "models", "training", "samples",
+                        "reg"}
 
 
 def _leaf_defaults() -> dict[str, Any]:
@@ -282,4 +316,13 @@ def test_leaf_walk_sees_all_fields() -> None:
     defaults = _leaf_defaults()
     assert "discord.token" in defaults and ".data_dir" in defaults and "retention.finished_jobs_days" in defaults
     assert len(defaults) == 1 + sum(len(dataclasses.fields(c)) for c in
-                                    (DiscordConfig, QueueConfig, WebConfig, RetentionConfig, IntakeConfig, TaggerConfig, ModelsConfig))
+                                    (DiscordConfig, QueueConfig, WebConfig, RetentionConfig, IntakeConfig, TaggerConfig,
+                                     ModelsConfig, TrainingConfig, SamplesConfig, RegConfig))
+
+
+def test_samples_section_takes_whole_numbers_as_weights_and_size_0_as_auto(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[samples]\nweights = [0, 1]\nseeds = [1, 2]\nsize = 64\nextra_models = ["a/b"]\n')
+    samples = load_config(path, env={}).samples
+    assert samples.weights == [0.0, 1.0] and all(isinstance(w, float) for w in samples.weights)
+    assert samples.seeds == [1, 2] and samples.size == 64 and samples.extra_models == ["a/b"]
+    assert Config().samples.size == 0 and Config().samples.auto_after_training

@@ -27,7 +27,8 @@ def config(config: Config, tmp_path: Path) -> Config:
     tagger = write_tiny_tagger(tmp_path / "tagger")
     return dataclasses.replace(config, intake=dataclasses.replace(config.intake, min_side=32),
                                tagger=dataclasses.replace(config.tagger, model=str(tagger)),
-                               models=dataclasses.replace(config.models, base=str(tmp_path / "no-model")))
+                               models=dataclasses.replace(config.models, default_family="sd15",
+                                                          sd15=str(tmp_path / "no-model")))
 
 
 async def seeded_project(studio: Studio, pictures: int = 6) -> list[int]:

@@ -15,14 +15,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from engine.devtools.tiny_models import TinyModelPaths, write_tiny_models
-from engine.training.kohya_format import (
-    KOHYA_KEY,
-    epoch_file_name,
-    keep_last,
-    kohya_metadata,
-    save_kohya_lora,
-    to_kohya_state_dict,
-)
+from engine.training.kohya_format import KOHYA_KEY, kohya_metadata, save_kohya_lora, to_kohya_state_dict
+from engine.training.lora_files import epoch_file_name, keep_last
 from engine.training.lora_inject import add_text_encoder_lora, add_unet_lora, lora_state_dict
 
 RANK, ALPHA = 4, 2.0

@@ -15,7 +15,7 @@ from PIL import Image
 from engine.devtools.tiny_models import write_tiny_models
 from engine.models.base import resolve_base_model
 from engine.samples.grid import draw_grid
-from engine.samples.render import Sample, SampleRenderer, SampleSpec, default_prompts, grids
+from engine.samples.render import Sample, SampleRenderer, SampleSpec, default_prompts, file_grid, grids
 from engine.training.kohya_format import kohya_metadata, save_kohya_lora, to_kohya_state_dict
 from engine.training.lora_inject import add_text_encoder_lora, add_unet_lora, lora_state_dict
 
@@ -173,6 +173,28 @@ def test_one_grid_per_prompt_with_the_right_shape(rendered: Rendered) -> None:
     assert [g.rows for g in out] == [range(4), range(4)]
     with pytest.raises(ValueError, match="missing sample"):
         grids(samples[:-1], title="alice", max_bytes=8 * 1024 * 1024, cell=64)
+
+
+def test_one_files_grid_has_a_row_per_prompt_and_a_column_per_weight(rendered: Rendered) -> None:
+    """The per-epoch grid (and the one per extra base model): rows = prompts (× seeds), columns = weights."""
+    samples = list(rendered.first)
+    samples += [Sample(s.label, s.weight, "a castle", s.seed, True, s.image) for s in rendered.first]
+    [grid] = file_grid(samples, "epoch 2", title="alice: epoch 2", max_bytes=8 * 1024 * 1024, cell=64)
+    blank = Image.new("RGB", (64, 64))
+    expected = draw_grid([[blank] * 3] * 2, row_labels=["a", "b"], col_labels=["0", "0.5", "1"], title="t",
+                         cell=64).size
+    assert grid.size == expected and grid.rows == range(2)
+    # The epoch-2 cells are in it, not epoch 1's: the top-right cell is epoch 2 at weight 1.
+    picture = np.asarray(Image.open(io.BytesIO(grid.data)).convert("RGB")).astype(np.float32)
+    width, height = expected
+    top = height - 2 * 64
+    cell = picture[top:top + 64, width - 64:width]
+    assert _dist(cell, _img(rendered.first, "epoch 2", 1.0)) < 3
+    assert _dist(cell, _img(rendered.first, "epoch 1", 1.0)) > _dist(cell, _img(rendered.first, "epoch 2", 1.0))
+    with pytest.raises(ValueError, match="no samples for 'epoch 9'"):
+        file_grid(samples, "epoch 9", title="t", max_bytes=8 * 1024 * 1024)
+    with pytest.raises(ValueError, match="missing sample"):
+        file_grid(samples[1:], "epoch 1", title="t", max_bytes=8 * 1024 * 1024)
 
 
 def test_default_prompts_and_spec_checks() -> None:

@@ -59,3 +59,37 @@ def test_everything_leaks_gives_the_least_leaky_with_advice() -> None:
     assert (choice.epoch, choice.weight) == (2, 0.4) and "more regularization pictures" in choice.explanation
     with pytest.raises(ValueError, match="only weight-0"):
         recommend(grid((1, 0.0, 0.0, 0.0)), max_leak=0.1)
+
+
+def _report() -> dict:
+    scores = [CellScore(e, w, 0.1 * e, 0.0) for e in (1, 2) for w in (0.0, 1.0)]
+    return {"scores": [s.__dict__ for s in scores], "recommended": {"epoch": 2, "weight": 1.0},
+            "explanation": "Epoch 2 …", "max_leak": 0.15, "sampled_files": {"1": "aa", "2": "bb"},
+            "grids": ["grid-01.png"], "epoch_grids": {"1": ["epoch-01.png"], "2": ["epoch-02.png"]},
+            "heatmap": "heatmap.png", "models": [{"model": "other", "grids": ["model-01.png"]}],
+            "skipped_models": [{"model": "xl", "reason": "it is an SDXL model"}]}
+
+
+def test_sample_results_list_the_pictures_and_filter_one_epoch(tmp_path) -> None:
+    from engine.errors import Invalid
+    from engine.samples.report import sample_results
+
+    for name in ("grid-01.png", "epoch-01.png", "epoch-02.png", "heatmap.png", "model-01.png"):
+        (tmp_path / name).write_bytes(b"png")
+    every = sample_results("alice", tmp_path, _report(), epoch=None, epoch_hashes={1: "aa", 2: "bb"})
+    assert [p.name for p in every.files] == ["heatmap.png", "grid-01.png", "model-01.png"]
+    assert len(every.scores) == 4 and every.current and every.models == ["other"]
+    assert every.skipped_models == [("xl", "it is an SDXL model")]
+    one = sample_results("alice", tmp_path, _report(), epoch=1, epoch_hashes={1: "aa", 2: "bb"})
+    assert [p.name for p in one.files] == ["epoch-01.png"] and {s.epoch for s in one.scores} == {1}
+    with pytest.raises(Invalid, match="no epoch 3: the sampled epochs are 1, 2"):
+        sample_results("alice", tmp_path, _report(), epoch=3, epoch_hashes={})
+
+
+def test_samples_are_current_only_while_every_sampled_file_is_unchanged() -> None:
+    from engine.samples.report import samples_match
+
+    assert samples_match(_report(), {1: "aa", 2: "bb", 3: "cc"})
+    assert not samples_match(_report(), {1: "aa", 2: "retrained"})
+    assert not samples_match(_report(), {1: "aa"}), "a sampled epoch file is gone"
+    assert not samples_match({**_report(), "sampled_files": {}}, {1: "aa"})

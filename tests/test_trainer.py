@@ -14,6 +14,7 @@ from engine.devtools.pictures import picture
 from engine.devtools.tiny_models import write_tiny_models
 from engine.training import data, trainer
 from engine.training.kohya_format import KOHYA_KEY
+from engine.training.lora_files import trained_family
 from engine.training.options import preset
 from engine.training.plan import make_plan
 from engine.training.trainer import Progress, TrainingDiverged, TrainSpec, train
@@ -61,6 +62,8 @@ def test_tiny_run_writes_kohya_files_and_reports_progress(tmp_path: Path, tiny: 
         alpha = [k for k in keys if k.endswith(".alpha")][0]
         assert float(f.get_tensor(alpha)) == 2.0
         assert "tok" in f.metadata()["ss_tag_frequency"]
+    assert trained_family(out, "lora") == "sd15"
+    assert not (out / "state" / "state.pt").exists()   # finished: the next training starts afresh
     assert [e.step for e in events] == list(range(1, plan.total_steps + 1))
     assert {e.total_steps for e in events} == {plan.total_steps}
     assert [e.epoch for e in events] == sorted(e.epoch for e in events)

@@ -3,10 +3,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from discord import app_commands
 from discord.ext import commands
 
 if TYPE_CHECKING:
     from bot.client import LoraBot
+
+# The `model` option of the commands whose work depends on the base model (training, reg pictures).
+MODEL_CHOICES = [app_commands.Choice(name="Stable Diffusion 1.5", value="sd15"),
+                 app_commands.Choice(name="SDXL", value="sdxl")]
 
 
 class LoraCog(commands.Cog):

@@ -2,6 +2,7 @@
 Start button that queues the training job and turns the message into its live status."""
 from __future__ import annotations
 
+import functools
 import re
 
 import discord
@@ -9,22 +10,14 @@ from discord import app_commands
 
 from bot.access import actor_of
 from bot.buttons import ReportsErrors, job_view
-from bot.cogs import LoraCog
+from bot.cogs import MODEL_CHOICES, LoraCog
 from bot.cogs.projects import own_project_names
 from bot.render import clip, job_embed
-from engine.errors import Invalid, NotFound
+from bot.sample_posts import post_results
+from bot.train_views import AdvancedOptionsModal, parse_settings
+from engine.errors import NotFound
+from engine.training.options import preset
 from engine.training_api import PlannedTraining
-
-
-def parse_settings(text: str) -> dict[str, str]:
-    """"key=value, key=value" as members type advanced options; the engine validates each one."""
-    settings: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise Invalid(f"`{part}` is not key=value (e.g. `unet_lr=3e-4, network_dim=32`)")
-        settings[key.strip()] = value.strip()
-    return settings
 
 
 def plan_embed(planned: PlannedTraining) -> discord.Embed:
@@ -73,73 +66,80 @@ class TrainingCog(LoraCog):
     @app_commands.describe(project="One of your projects", epochs="Passes over the pictures (default 10)",
                            repeats="Times each picture is shown per epoch (default 10)",
                            network_dim="LoRA size (default 16)", unet_lr="UNet learning rate (default 5e-4)",
-                           settings="Advanced: key=value pairs, e.g. noise_offset=0.05, flip_aug=true")
+                           model="The base model family (default: the server's)",
+                           advanced="Open a form with every option, filled in with the defaults",
+                           settings="Advanced, typed: key=value pairs, e.g. noise_offset=0.05, flip_aug=true")
+    @app_commands.choices(model=MODEL_CHOICES)
     @app_commands.autocomplete(project=own_project_names)
     async def train(self, interaction: discord.Interaction, project: str,
                     epochs: app_commands.Range[int, 1, 100] | None = None,
                     repeats: app_commands.Range[int, 1, 100] | None = None,
                     network_dim: app_commands.Range[int, 1, 256] | None = None,
-                    unet_lr: str | None = None, settings: str = "") -> None:
-        await interaction.response.defer(thinking=True)
+                    unet_lr: str | None = None, model: str | None = None, advanced: bool = False,
+                    settings: str = "") -> None:
         overrides = parse_settings(settings)
         for key, value in (("epochs", epochs), ("repeats", repeats), ("network_dim", network_dim),
                            ("unet_lr", unet_lr)):
             if value is not None:
                 overrides[key] = str(value)
+        show_plan = functools.partial(self.show_plan, project=project, family=model)
+        if advanced:
+            found = await self.engine.get_project(actor_of(interaction), project)  # fail before the form opens
+            defaults = preset(model or self.engine.config.models.default_family)
+            await interaction.response.send_modal(AdvancedOptionsModal(found.name, defaults, overrides, show_plan))
+            return
+        await show_plan(interaction, overrides)
+
+    async def show_plan(self, interaction: discord.Interaction, overrides: dict[str, str], *, project: str,
+                        family: str | None) -> None:
+        await interaction.response.defer(thinking=True)
         actor = actor_of(interaction)
-        planned = await self.engine.training.plan(actor, project, overrides)
-        token = await self.engine.training.remember(actor, planned.project, overrides)
+        planned = await self.engine.training.plan(actor, project, overrides, family=family)
+        token = await self.engine.training.remember(actor, planned.project, overrides, family=family)
         view = discord.ui.View(timeout=None)
         view.add_item(StartTrainingButton(token, interaction.user.id))
         await interaction.edit_original_response(embed=plan_embed(planned), view=view)
 
     @app_commands.command(name="download", description="Get a trained LoRA file (.safetensors)")
-    @app_commands.describe(project="One of your projects", epoch="A saved epoch instead of the final file")
+    @app_commands.describe(project="One of your projects",
+                           epoch="A saved epoch (default: the one the samples recommend, else the final file)")
     @app_commands.autocomplete(project=own_project_names)
     async def download(self, interaction: discord.Interaction, project: str,
                        epoch: app_commands.Range[int, 1, 100] | None = None) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         actor = actor_of(interaction)
-        artifact, path = await self.engine.training.lora_file(actor, project, epoch)
+        lora = await self.engine.training.lora_file(actor, project, epoch)
+        artifact, path = lora.artifact, lora.path
         size = f"{artifact.size / 2**20:.1f} MB"
+        which = lora.description
         if artifact.size <= interaction.filesize_limit:
-            await interaction.followup.send(f"📦 `{path.name}` ({size}) — load it in A1111, ComfyUI or diffusers.",
-                                            file=discord.File(path), ephemeral=True)
+            await interaction.followup.send(f"📦 `{path.name}` ({size}): {which}. Load it in A1111, ComfyUI or "
+                                            "diffusers.", file=discord.File(path), ephemeral=True)
             return
         link = await self.engine.download_link(actor, artifact.id)
         hours = self.engine.config.web.link_ttl_hours
         await interaction.followup.send(
-            f"📦 `{path.name}` is {size}, over this server's Discord upload limit. Download it here (the link "
-            f"works for {hours:g} hours): {link}", ephemeral=True)
+            f"📦 `{path.name}` ({which}) is {size}, over this server's Discord upload limit. Download it here (the "
+            f"link works for {hours:g} hours): {link}", ephemeral=True)
 
     @app_commands.command(name="samples", description="Sample grids at several LoRA weights, scores and a recommendation")
-    @app_commands.describe(project="One of your projects", rerun="Render new samples instead of showing the last ones")
+    @app_commands.describe(project="One of your projects", epoch="Only this epoch's grid and scores",
+                           rerun="Render new samples of every epoch instead of showing the last ones")
     @app_commands.autocomplete(project=own_project_names)
-    async def samples(self, interaction: discord.Interaction, project: str, rerun: bool = False) -> None:
+    async def samples(self, interaction: discord.Interaction, project: str,
+                      epoch: app_commands.Range[int, 1, 100] | None = None, rerun: bool = False) -> None:
         await interaction.response.defer(thinking=True)
         actor = actor_of(interaction)
         if not rerun:
             try:
-                report, grids = await self.engine.training.latest_samples(actor, project)
+                results = await self.engine.training.latest_samples(actor, project, epoch)
             except NotFound:
-                report, grids = None, []
-            if report is not None:
-                await interaction.edit_original_response(
-                    embed=scores_embed(project, report), attachments=[discord.File(p) for p in grids[:10]])
+                results = None  # none yet: render them
+            if results is not None:
+                await post_results(
+                    results, lambda embed, files: interaction.edit_original_response(embed=embed, attachments=files),
+                    interaction.followup.send)
                 return
         job = await self.engine.training.samples(actor, project)
         message = await interaction.edit_original_response(embed=job_embed(job), view=job_view(job.id, True))
         await self.bot.status_messages.track(job, message)
-
-
-def scores_embed(project: str, report: dict) -> discord.Embed:
-    """The recommendation in one sentence and the fidelity/leak table (epoch × weight)."""
-    embed = discord.Embed(title=clip(f"🔎 {project}: which epoch and weight?", 256), colour=discord.Colour.green())
-    best = report["recommended"]
-    embed.description = clip(f"**Use epoch {best['epoch']} at weight {best['weight']:g}.** {report['explanation']}", 4096)
-    rows = [f"{'epoch':>5} {'weight':>6} {'fidelity':>8} {'leak':>6}"]
-    rows += [f"{s['epoch']:>5} {s['weight']:>6g} {s['fidelity']:>8.0%} {s['leak']:>6.0%}"
-             for s in report["scores"] if s["weight"] > 0]
-    embed.add_field(name="Fidelity (character shown) and leak (other prompts changed)",
-                    value=clip("```\n" + "\n".join(rows) + "\n```", 1024), inline=False)
-    return embed

@@ -42,6 +42,8 @@ def builtin_kinds() -> list[JobKind]:
         JobKind("check", "System check", "gpu", "engine.jobs.check:run", priority=1, needs_project=False),
         JobKind("tag", "Tagging", tagger_lane(), "engine.jobs.tag:run", priority=1,
                 on_done="engine.dataset:store_tag_result"),
+        # Resumable: a re-run renders only the pictures that are missing.
+        JobKind("reg", "Reg images", "gpu", "engine.jobs.reg:run", on_done="engine.reg.store:store_reg_result"),
         # Resumable: a re-run continues from the last saved epoch.
         JobKind("train", "Training", "gpu", "engine.jobs.train:run"),
         JobKind("samples", "Sample grids", "gpu", "engine.jobs.samples:run"),

@@ -1,33 +1,48 @@
 """The "samples" job: every kept epoch × each LoRA weight × fixed prompts and seeds, rendered with
 the base model loaded once; the tagger reads every sample; fidelity and leak per epoch × weight; a
-recommended epoch and weight; labelled grids sized for Discord, written to the project's samples/.
+recommended epoch and weight; labelled grids sized for Discord (one per prompt, one per epoch), a heat
+map of the scores, and the recommended epoch shown on the configured extra base models. Everything is
+written to the project's samples/, described by samples/scores.json.
 
 params: base_model, name, trigger, class_name, character_tags, tagger (TagOptions fields), weights,
-seeds, steps, size, max_bytes, max_leak."""
+seeds, steps, size (0 = the family's training resolution), max_bytes, max_leak, extra_models, and
+prediction (optional: the base model's forced prediction type, as for training)."""
 from __future__ import annotations
 
+import dataclasses
+import gc
 import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from engine.errors import SetupError
 from engine.jobs.context import JobContext, JobFailed
 from engine.models import resolve_base_model
-from engine.training import kohya_format
-from engine.samples.render import Sample, SampleRenderer, SampleSpec, default_prompts, grids
-from engine.samples.scores import CellScore, fidelity, leak, pixel_distance, recommend, tag_distance
+from engine.samples.grid import GridImage
+from engine.samples.heatmap import heatmap_png
+from engine.samples.render import Sample, SampleRenderer, SampleSpec, default_prompts, file_grid, grids
+from engine.samples.scores import CellScore, Recommendation, fidelity, leak, pixel_distance, recommend, tag_distance
 from engine.tagging import TaggerError
 from engine.tagging.model import Tagger
 from engine.tagging.options import TagOptions
 from engine.tagging.preprocess import prepare
 from engine.tagging.tags import Captioner
-from storage.layout import atomic_write_bytes, atomic_write_text
+from engine.training import lora_files
+from engine.training.options import preset
+from storage.layout import atomic_write_bytes, atomic_write_text, file_sha256
+
+IMAGE_SUFFIXES = (".png", ".jpg")
 
 
 def epoch_files(output: Path, name: str) -> dict[str, Path]:
     """label → file for each kept epoch (`<name>-NN.safetensors`), in epoch order."""
-    return {f"epoch {epoch}": path for epoch, path in kohya_format.epoch_files(output, name)}
+    return {_label(epoch): path for epoch, path in lora_files.epoch_files(output, name)}
+
+
+def _label(epoch: int) -> str:
+    return f"epoch {epoch}"
 
 
 def run(ctx: JobContext) -> dict[str, Any]:
@@ -42,33 +57,131 @@ def _run(ctx: JobContext) -> dict[str, Any]:
     files = epoch_files(ctx.project_dir / "output", params["name"])
     if not files:
         raise JobFailed("there are no trained epochs to sample yet: train the LoRA first with /lora train")
+    extra_models: list[str] = params.get("extra_models", [])
+    total = 4 + len(extra_models)
+    ctx.progress(0, total, "loading the base model")
+    info = resolve_base_model(params["base_model"], prediction=params.get("prediction"))
+    size = params["size"] or preset(info.family).resolution
     prompts, controls = default_prompts(params["trigger"], params["class_name"])
     spec = SampleSpec(prompts=prompts, control_prompts=controls, weights=params["weights"], seeds=params["seeds"],
-                      steps=params["steps"], size=tuple(params["size"]))
+                      steps=params["steps"], size=(size, size))
     spec.check()
-    ctx.progress(0, 3, "loading the base model")
-    renderer = SampleRenderer(resolve_base_model(params["base_model"]))
-    ctx.progress(1, 3, f"rendering {len(files)} epochs × {len(spec.weights)} weights")
+    device = _device()
+    renderer = SampleRenderer(info, device=device)
+    ctx.progress(1, total, f"rendering {len(files)} epochs × {len(spec.weights)} weights at {size} px")
     samples = renderer.render(files, spec)
-    ctx.progress(2, 3, "reading the samples with the tagger")
+    del renderer
+    _free_gpu()  # one GPU: the tagger and the extra models come next
+    ctx.progress(2, total, "reading the samples with the tagger")
     tags = _tag_samples(samples, TagOptions.from_params(params["tagger"]))
     scores = _scores(samples, tags, params["character_tags"])
     choice = recommend(scores, max_leak=params["max_leak"])
 
     folder = ctx.project_dir / "samples"
-    written = []
-    for index, grid in enumerate(grids(samples, title=params["name"], max_bytes=params["max_bytes"]), start=1):
-        path = folder / f"grid-{index:02d}.{'png' if grid.format == 'PNG' else 'jpg'}"
-        atomic_write_bytes(path, grid.data)
-        ctx.artifact("grid", path)
-        written.append(path.name)
-    report = {"scores": [s.__dict__ for s in scores], "recommended": {"epoch": choice.epoch, "weight": choice.weight},
-              "explanation": choice.explanation, "grids": written}
+    name, max_bytes = params["name"], params["max_bytes"]
+    ctx.progress(3, total, "drawing the grids and the heat map")
+    report: dict[str, Any] = {
+        "scores": [dataclasses.asdict(s) for s in scores],
+        "recommended": {"epoch": choice.epoch, "weight": choice.weight}, "explanation": choice.explanation,
+        "max_leak": params["max_leak"], "base_model": params["base_model"],
+        # What was sampled, so a later training's files are not mistaken for these.
+        "sampled_files": {str(epoch): file_sha256(files[_label(epoch)]) for epoch in sorted({s.epoch for s in scores})},
+        "grids": _write(ctx, folder, "grid", grids(samples, title=name, max_bytes=max_bytes)),
+        "epoch_grids": {
+            str(epoch): _write(ctx, folder, f"epoch-{epoch:02d}",
+                               file_grid(samples, _label(epoch), title=f"{name}: epoch {epoch}", max_bytes=max_bytes))
+            for epoch in sorted({s.epoch for s in scores})},
+        "heatmap": _write_heatmap(ctx, folder, scores, choice, params["max_leak"], name),
+        "models": [], "skipped_models": [],
+    }
+    for index, model in enumerate(extra_models, start=1):
+        ctx.progress(3 + index, total, f"epoch {choice.epoch} on {model}")
+        # A local model is named by its file or folder in the title; a Hub id is already short and says more.
+        shown_as = Path(model).name if Path(model).expanduser().exists() else model
+        shown, reason = _on_other_model(model, info.family, files[_label(choice.epoch)], choice, spec, device,
+                                        title=f"{name}: epoch {choice.epoch} on {shown_as}", max_bytes=max_bytes)
+        if reason:
+            ctx.log(f"extra model {model} skipped: {reason}", level="warning")
+            report["skipped_models"].append({"model": model, "reason": reason})
+        else:
+            report["models"].append({"model": model, "grids": _write(ctx, folder, f"model-{index:02d}", shown)})
     atomic_write_text(folder / "scores.json", json.dumps(report, indent=2))
     ctx.artifact("scores", folder / "scores.json")
-    ctx.progress(3, 3, "done")
+    _remove_stale_images(folder, report)
+    ctx.progress(total, total, "done")
     return {"recommended_epoch": choice.epoch, "recommended_weight": choice.weight,
-            "explanation": choice.explanation, "grids": len(written)}
+            "explanation": choice.explanation, "grids": len(report["grids"]),
+            "models": [m["model"] for m in report["models"]]}
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _free_gpu() -> None:
+    """Gives a dropped pipeline's memory back before the next model is loaded."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _on_other_model(model: str, family: str, lora: Path, choice: Recommendation, spec: SampleSpec, device: str,
+                    *, title: str, max_bytes: int) -> tuple[list[GridImage], str]:
+    """The recommended epoch on another base model, at weight 0 and the recommended weight, trigger prompts
+    only: (grid images, "") or ([], why it was skipped). A model that cannot be used is a note, not a
+    failed job: the main results are already worth having."""
+    try:
+        info = resolve_base_model(model)
+        if info.family != family:
+            return [], (f"it is a {info.family.upper()} model and this LoRA was trained on {family.upper()}: "
+                        "a LoRA only works on base models of its own family")
+        renderer = SampleRenderer(info, device=device)
+        try:
+            label = _label(choice.epoch)
+            samples = renderer.render({label: lora}, dataclasses.replace(
+                spec, control_prompts=[], weights=sorted({0.0, choice.weight})))
+            return file_grid(samples, label, title=title, max_bytes=max_bytes), ""
+        finally:
+            del renderer
+            _free_gpu()
+    # SetupError: not found or not loadable; ValueError: the LoRA does not fit its layers; RuntimeError:
+    # out of GPU memory or a broken checkpoint — all about that one model, so skip it and go on.
+    except (SetupError, ValueError, OSError, RuntimeError) as error:
+        return [], str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _write(ctx: JobContext, folder: Path, stem: str, images: list[GridImage]) -> list[str]:
+    """Writes grid images as `<stem>-NN.png|jpg` (one image per grid part); returns their names."""
+    names = []
+    for index, grid in enumerate(images, start=1):
+        path = folder / f"{stem}-{index:02d}.{'png' if grid.format == 'PNG' else 'jpg'}"
+        atomic_write_bytes(path, grid.data)
+        ctx.artifact("grid", path)
+        names.append(path.name)
+    return names
+
+
+def _write_heatmap(ctx: JobContext, folder: Path, scores: list[CellScore], choice: Recommendation,
+                   max_leak: float, name: str) -> str:
+    path = folder / "heatmap.png"
+    atomic_write_bytes(path, heatmap_png(scores, recommended=(choice.epoch, choice.weight), max_leak=max_leak,
+                                         title=f"{name}: fidelity and leak per epoch and weight"))
+    ctx.artifact("heatmap", path)
+    return path.name
+
+
+def _remove_stale_images(folder: Path, report: dict[str, Any]) -> None:
+    """An earlier run may have written more grids (more epochs, more models): drop what this report does
+    not list, so the folder holds one run's pictures."""
+    listed = {report["heatmap"], *report["grids"], *(n for names in report["epoch_grids"].values() for n in names),
+              *(n for model in report["models"] for n in model["grids"])}
+    for path in folder.iterdir():
+        if path.suffix in IMAGE_SUFFIXES and path.name not in listed:
+            path.unlink(missing_ok=True)
 
 
 def _tag_samples(samples: list[Sample], options: TagOptions) -> list[list[str]]:
@@ -95,4 +208,3 @@ def _scores(samples: list[Sample], tags: list[list[str]], character_tags: list[s
     return [CellScore(int(label.split()[-1]), weight, statistics.fmean(fid[(label, weight)] or [0.0]),
                       statistics.fmean(lk[(label, weight)] or [0.0]))
             for label, weight in sorted(set(fid) | set(lk), key=lambda k: (int(k[0].split()[-1]), k[1]))]
-

@@ -41,7 +41,7 @@ def _run(ctx: JobContext) -> dict[str, Any]:
 
     ctx.progress(0, total, "loading the tagger")
     tagger = Tagger.open(options.model, options.cache_dir)
-    ctx.log(_provider_message(tagger.provider), level="info" if tagger.provider == CUDA else "warning")
+    ctx.log(provider_message(tagger.provider), level="info" if tagger.provider == CUDA else "warning")
     captions: dict[str, dict[str, str]] = {}
     done = 0
     for kind, folder in folders.items():
@@ -60,7 +60,7 @@ def _run(ctx: JobContext) -> dict[str, Any]:
     }
 
 
-def _provider_message(provider: str) -> str:
+def provider_message(provider: str) -> str:
     if provider == CUDA:
         return f"tagger running on {CUDA}"
     if provider == CPU:

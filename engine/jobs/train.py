@@ -1,8 +1,9 @@
 """The "train" job: a LoRA from the project's captioned pictures, per-epoch files registered as
 artifacts, live progress (epoch, step, smoothed loss, lr, it/s, ETA).
 
-params: base_model, options (TrainOptions.to_dict()), trigger, name. A re-run after an interruption
-resumes from the last saved epoch (the trainer starts fresh when there is no saved state)."""
+params: base_model, prediction (None: what the model says), options (TrainOptions.to_dict()), trigger,
+name. A re-run after an interruption resumes from the last saved epoch (the trainer starts fresh when
+there is no saved state)."""
 from __future__ import annotations
 
 from typing import Any
@@ -16,8 +17,9 @@ def run(ctx: JobContext) -> dict[str, Any]:
     params = ctx.params
     spec = TrainSpec(
         project_dir=ctx.project_dir, name=params["name"], base_model=params["base_model"],
+        prediction=params.get("prediction"),
         options=TrainOptions(**params["options"]), trigger=params.get("trigger", ""),
-        resume=True, log=ctx.log,
+        resume=True, log=ctx.log, on_epoch_saved=lambda path: ctx.artifact("lora-epoch", path),
     )
 
     def report(progress: Progress) -> None:
@@ -25,8 +27,6 @@ def run(ctx: JobContext) -> dict[str, Any]:
                      loss=progress.loss, lr=progress.lr, it_s=progress.it_s, eta_s=progress.eta_s)
 
     result = train(spec, report)
-    for path in result.epoch_paths:
-        ctx.artifact("lora-epoch", path)
     ctx.artifact("lora", result.final_path)
     return {
         "file": result.final_path.name, "epochs_kept": len(result.epoch_paths), "steps": result.total_steps,

@@ -1,6 +1,6 @@
 """Find the base model a LoRA is trained on and tell what it is, without loading it.
 
-`[models] base` may name
+`[models] sd15` / `[models] sdxl` may name
 - a local diffusers folder (model_index.json + component folders),
 - a single checkpoint file (`.safetensors`, or a legacy `.ckpt`) as A1111/ComfyUI/Civitai use them,
 - a Hugging Face Hub repo id in diffusers layout, downloaded once into huggingface_hub's cache (only the
@@ -50,7 +50,7 @@ _HUB_ALLOW = [
 ]
 _HUB_IGNORE = ["*.fp16.*", "*.non_ema.*", "*.ema.*", "*.bin", "*.ckpt", "*.msgpack", "*.onnx*", "*.pb"]
 _CONFIG_ALLOW = ["model_index.json", "*/*.json", "*/*.txt"]
-_FIX = "set [models] base to a diffusers folder, a .safetensors checkpoint or a Hugging Face repo id"
+_FIX = "set [models] sd15 or sdxl to a diffusers folder, a .safetensors checkpoint or a Hugging Face repo id"
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def resolve_base_model(spec: str, *, cache_dir: str = "", prediction: str | None
     folder = _hub_snapshot(spec, cache_dir, _HUB_ALLOW, _HUB_IGNORE)
     if not (folder / "model_index.json").is_file():
         raise SetupError(f"the Hugging Face repo {spec} is not in diffusers layout (no model_index.json): "
-                         "download its .safetensors checkpoint and set [models] base to that file")
+                         "download its .safetensors checkpoint and set [models] sd15 or sdxl to that file")
     family, found = _inspect_folder(folder, spec)
     return BaseModelInfo(spec, family, "hub", folder, _pick(prediction, found))
 
@@ -174,7 +174,7 @@ def detect_checkpoint_family(keys: list[str], name: str) -> tuple[Family, Predic
     # Some v-prediction checkpoints (e.g. NoobAI v-pred) carry an empty "v_pred" marker tensor.
     found: Prediction = "v_prediction" if "v_pred" in key_set else "epsilon"
     if has("lora_unet_") or has("lora_te") or any(".lora_down." in key or "lora_A" in key for key in keys[:200]):
-        raise SetupError(f"base model {name} is a LoRA, not a base model: set [models] base to the checkpoint "
+        raise SetupError(f"base model {name} is a LoRA, not a base model: set [models] sd15 or sdxl to the checkpoint "
                          "the LoRA was made for")
     if not has("model.diffusion_model."):
         other = " (it looks like a single diffusers component)" if has("down_blocks.") else ""
@@ -215,7 +215,7 @@ def _hub_snapshot(repo_id: str, cache_dir: str, allow: list[str], ignore: list[s
 
     cache = cache_dir or None
     manual = (f"run `hf download {repo_id}` on a machine with internet and copy the folder here, then set "
-              "[models] base to that folder")
+              "[models] sd15 or sdxl to that folder")
     try:
         try:
             folder = Path(snapshot_download(repo_id, cache_dir=cache, allow_patterns=allow,
@@ -230,7 +230,7 @@ def _hub_snapshot(repo_id: str, cache_dir: str, allow: list[str], ignore: list[s
                          "log in on this machine (`hf auth login` or HF_TOKEN), or " + manual) from None
     except RepositoryNotFoundError:
         raise SetupError(f"Hugging Face has no public repo {repo_id} (misspelt, private or gated): check "
-                         f"[models] base, or {manual}") from None
+                         f"[models] sd15 / sdxl, or {manual}") from None
     except HFValidationError:
         raise SetupError(f"{repo_id!r} is not a valid Hugging Face repo id: {_FIX}") from None
     except (OSError, ValueError) as exc:

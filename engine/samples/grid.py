@@ -26,7 +26,7 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
-def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+def fit_text(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     """The text, shortened with … until it fits `width` pixels."""
     if draw.textlength(text, font=font) <= width:
         return text
@@ -52,10 +52,10 @@ def draw_grid(cells: Sequence[Sequence[Image.Image]], *, row_labels: Sequence[st
     height = title_height + header_height + rows * cell
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    draw.text((PADDING, PADDING), _fit(draw, title, title_font, width - 2 * PADDING), fill=INK, font=title_font)
+    draw.text((PADDING, PADDING), fit_text(draw, title, title_font, width - 2 * PADDING), fill=INK, font=title_font)
     for c, label in enumerate(col_labels):
         x = label_width + c * cell
-        draw.text((x + cell // 2, title_height + header_height // 2), _fit(draw, label, font, cell - PADDING),
+        draw.text((x + cell // 2, title_height + header_height // 2), fit_text(draw, label, font, cell - PADDING),
                   fill=INK, font=font, anchor="mm")
     for r, (label, row) in enumerate(zip(row_labels, cells)):
         y = title_height + header_height + r * cell
@@ -74,11 +74,11 @@ def _wrap_label(draw: ImageDraw.ImageDraw, text: str, font, origin: tuple[int, i
         if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
             lines[-1] = f"{lines[-1]} {word}"
         else:
-            lines.append(_fit(draw, word, font, width))
+            lines.append(fit_text(draw, word, font, width))
     line_height = font.size + 2
     max_lines = max(1, height // line_height)
     if len(lines) > max_lines:
-        lines = lines[:max_lines - 1] + [_fit(draw, lines[max_lines - 1] + " …", font, width)]
+        lines = lines[:max_lines - 1] + [fit_text(draw, lines[max_lines - 1] + " …", font, width)]
     for index, line in enumerate(lines):
         draw.text((origin[0], origin[1] + index * line_height), line, fill=INK, font=font)
 

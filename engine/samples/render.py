@@ -230,3 +230,26 @@ def grids(samples: Sequence[Sample], *, title: str, max_bytes: int, cell: int = 
         out += encode_for_discord(cells, row_labels=row_labels, col_labels=[_weight_label(w) for w in weights],
                                   title=f"{title}: {prompt} ({kind})", max_bytes=max_bytes, cell=cell)
     return out
+
+
+def file_grid(samples: Sequence[Sample], label: str, *, title: str, max_bytes: int,
+              cell: int = 256) -> list[GridImage]:
+    """One LoRA file's samples on their own (an epoch, or the recommended epoch on another base model):
+    rows = prompts (× seed when there are several seeds), columns = weights ascending."""
+    mine = [s for s in samples if s.label == label]
+    if not mine:
+        raise ValueError(f"no samples for {label!r}")
+    weights = sorted({float(s.weight) for s in mine})
+    by_key = {(s.prompt, s.seed, float(s.weight)): s.image for s in mine}
+    rows = list(dict.fromkeys((s.prompt, s.seed, s.is_control) for s in mine))
+    several_seeds = len({seed for _, seed, _ in rows}) > 1
+    cells, row_labels = [], []
+    for prompt, seed, is_control in rows:
+        try:
+            cells.append([by_key[(prompt, seed, w)] for w in weights])
+        except KeyError as exc:
+            raise ValueError(f"missing sample for prompt {prompt!r}, seed {seed}: weight {exc.args[0][2]:g}") from None
+        row_labels.append(("(no trigger) " if is_control else "") + prompt
+                          + (f" · seed {seed}" if several_seeds else ""))
+    return encode_for_discord(cells, row_labels=row_labels, col_labels=[_weight_label(w) for w in weights],
+                              title=title, max_bytes=max_bytes, cell=cell)

@@ -46,7 +46,12 @@ def tag_folder(folder: Path, options: TagOptions, trigger: str | None, on_progre
                tagger: Tagger | None = None) -> dict[str, str]:
     """image file name → caption, for every picture in `folder`; also written to `<stem>.txt`.
     Pass an opened `tagger` to reuse its session across folders."""
-    images = list_images(folder)
+    return tag_files(list_images(folder), options, trigger, on_progress, tagger=tagger)
+
+
+def tag_files(images: list[Path], options: TagOptions, trigger: str | None, on_progress: ProgressFn, *,
+              tagger: Tagger | None = None) -> dict[str, str]:
+    """tag_folder for chosen pictures (e.g. only a job's new ones): file name → caption, `.txt` beside each."""
     if not images:
         return {}
     tagger = tagger or Tagger.open(options.model, options.cache_dir)

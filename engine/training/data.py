@@ -7,6 +7,7 @@
 - `shuffle_caption`: tags after the first `keep_tokens` shuffled (the trigger word stays first).
 - Aspect-ratio buckets (`make_buckets`, `pick_bucket`, `make_batches`): each picture is resized and
   centre-cropped to the bucket closest to its aspect ratio; a batch holds one bucket only.
+- `Placement` / `sdxl_time_ids`: SDXL's size conditioning of a bucketed picture, as sd-scripts computes it.
 - Caches keyed by sample, never by step index (the bug in diffusers' advanced script): latents by
   (picture, bucket, flip), text embeddings by caption text.
 """
@@ -129,6 +130,38 @@ def image_size(path: Path) -> tuple[int, int]:
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image)
         return image.size
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How one sample's picture was put into its bucket: what SDXL's size conditioning describes."""
+    original: tuple[int, int]   # (width, height) of the picture before resizing (after EXIF rotation)
+    bucket: Bucket
+    flip: bool = False
+
+
+def crop_ltrb(bucket: Bucket, original: tuple[int, int]) -> tuple[float, float, float, float]:
+    """sd-scripts' `BucketManager.get_crop_ltrb`: the box the picture would fill if fitted inside the bucket.
+
+    This is what sd-scripts reports as the crop (it follows Stability AI's preprocessing), not the pixels
+    our cover-and-centre-crop cut off; we report the same so a LoRA sees what sd-scripts' LoRAs saw."""
+    bucket_ar, image_ar = bucket[0] / bucket[1], original[0] / original[1]
+    if bucket_ar > image_ar:   # the bucket is wider: match heights
+        width, height = bucket[1] * image_ar, float(bucket[1])
+    else:
+        width, height = float(bucket[0]), bucket[0] / image_ar
+    left, top = (bucket[0] - width) // 2, (bucket[1] - height) // 2
+    return left, top, left + width, top + height
+
+
+def sdxl_time_ids(placement: Placement) -> tuple[int, int, int, int, int, int]:
+    """SDXL's added time ids (original_h, original_w, crop_top, crop_left, target_h, target_w), computed
+    as sd-scripts does for a (possibly mirrored) bucketed picture."""
+    (orig_w, orig_h), (target_w, target_h) = placement.original, placement.bucket
+    left, top, right, _ = crop_ltrb(placement.bucket, placement.original)
+    if placement.flip:   # mirrored: the right margin becomes the left one
+        left = target_w - right
+    return int(orig_h), int(orig_w), int(top), int(left), int(target_h), int(target_w)
 
 
 def load_pixels(path: Path, bucket: Bucket, flip: bool = False) -> torch.Tensor:

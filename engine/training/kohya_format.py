@@ -22,7 +22,6 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from io import BytesIO
 from pathlib import Path
 from typing import Literal
 
@@ -41,7 +40,6 @@ _MODELSPEC_IMPL = {"sd15": "diffusers", "sdxl": "https://github.com/Stability-AI
 # `base_model.model.` prefix (a PeftModel's state dict).
 _PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
 KOHYA_KEY = re.compile(r"^lora_(?:unet|te|te1|te2)_[A-Za-z0-9_]+\.(?:lora_down\.weight|lora_up\.weight|alpha)$")
-_EPOCH_FILE = "{name}-{epoch:02d}.safetensors"
 
 
 def _check_family(family: str) -> None:
@@ -225,34 +223,3 @@ def save_kohya_lora(
             tmp.unlink()
         raise
     return path
-
-
-def epoch_file_name(name: str, epoch: int) -> str:
-    """`<name>-01.safetensors` (two digits at least, like sd-scripts)."""
-    return _EPOCH_FILE.format(name=name, epoch=epoch)
-
-
-def epoch_number(path: Path, name: str) -> int | None:
-    """N for `<name>-NN.safetensors`, None for any other file (the final `<name>.safetensors` included)."""
-    match = re.fullmatch(rf"{re.escape(name)}-(\d+)\.safetensors", Path(path).name)
-    return int(match[1]) if match else None
-
-
-def epoch_files(folder: Path, name: str) -> list[tuple[int, Path]]:
-    """The per-epoch files in `folder`, oldest epoch first."""
-    found = [(epoch_number(entry, name), entry) for entry in Path(folder).iterdir() if entry.is_file()]
-    return sorted((n, path) for n, path in found if n is not None)
-
-
-def keep_last(folder: Path, name: str, n: int) -> list[Path]:
-    """Delete all but the newest `n` per-epoch files `<name>-NN.safetensors` in `folder`; return the deleted.
-
-    "Newest" is the highest epoch number. The final `<name>.safetensors` and other names are never touched.
-    """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    epochs = epoch_files(folder, name)
-    doomed = [p for _, p in epochs[: max(0, len(epochs) - n)]]
-    for p in doomed:
-        p.unlink(missing_ok=True)
-    return doomed

@@ -34,7 +34,8 @@ class TrainPlan:
 
 
 def make_plan(options: TrainOptions, *, train_images: int, reg_images: int = 0,
-              seconds_per_step: float | None = None) -> TrainPlan:
+              seconds_per_step: float | None = None, speed_source: str = "") -> TrainPlan:
+    """`speed_source` says where `seconds_per_step` comes from (a measurement, a guess), for the member."""
     if train_images < 1:
         raise Invalid("there are no training pictures: add some before training")
     if reg_images < 0:
@@ -63,7 +64,8 @@ def make_plan(options: TrainOptions, *, train_images: int, reg_images: int = 0,
     lines.append(f"With batch size {batch} that is {_n(steps_per_epoch)} step{_s(steps_per_epoch)} per epoch "
                  f"× {epochs} epoch{_s(epochs)} = {_n(total)} step{_s(total)}.")
     if estimate is not None:
-        lines.append(f"At about {seconds_per_step:.2g} s per step that takes about {_duration(estimate)}.")
+        source = f" ({speed_source})" if speed_source else ""
+        lines.append(f"At about {seconds_per_step:.2g} s per step{source} that takes about {_duration(estimate)}.")
     low, high = RULE_OF_THUMB
     if not low <= per_epoch <= high:
         better = max(1, round((low + high) / 2 / train_images))

@@ -1,19 +1,22 @@
-"""Train a LoRA on a Stable Diffusion 1.x base model, the way kohya sd-scripts does (DESIGN §3).
+"""Train a LoRA on a Stable Diffusion 1.x or SDXL base model, the way kohya sd-scripts does (DESIGN §3).
 
-`train(spec, report)` loads the pipeline once, freezes it, injects LoRA (UNet, and the text encoder when
-`train_text_encoder`), and runs epochs of bucketed batches: DDPM noise from the base model's scheduler
+`train(spec, report)` loads the pipeline once, freezes it, injects LoRA (UNet, and the text encoder(s)
+when `train_text_encoder`), and runs epochs of bucketed batches: DDPM noise from the base model's scheduler
 config, epsilon or v-prediction targets, min-SNR-γ weighting, noise offset, multires noise, per-sample
-prior-loss weight for regularization pictures, autocast on CUDA only (LoRA parameters stay fp32).
+prior-loss weight for regularization pictures, autocast on CUDA only (LoRA parameters stay fp32, the VAE
+fp32). What the UNet is conditioned on per family (clip skip; SDXL's two encoders, pooled embedding and
+size/crop time ids) lives in conditioning.py.
 
 Files, in `<project>/output/`: `<name>-NN.safetensors` every `save_every_n_epochs` epochs (kohya keys, real
 alpha, ss_* metadata), the newest `keep_last_n` kept, `state/state.pt` (LoRA weights, optimizer, lr
 scheduler, epoch, step, RNG) to resume from, and `<name>.safetensors` (the last epoch) at the end.
-SDXL is not trained here yet: it is refused with a clear error.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -31,9 +34,9 @@ from engine.errors import Invalid, UserError
 from engine.jobs.context import JobFailed
 from engine.models.base import load_pipeline, resolve_base_model
 from engine.training import data
-from engine.training.kohya_format import (
-    epoch_file_name, keep_last, kohya_metadata, save_kohya_lora, to_kohya_state_dict,
-)
+from engine.training.conditioning import for_family
+from engine.training.kohya_format import kohya_metadata, save_kohya_lora, to_kohya_state_dict
+from engine.training.lora_files import epoch_file_name, epoch_files, keep_last
 from engine.training.lora_inject import add_text_encoder_lora, add_unet_lora, lora_state_dict
 from engine.training.options import TrainOptions
 
@@ -43,6 +46,8 @@ STATE_FILE = "state.pt"
 STATE_VERSION = 1
 MAX_GRAD_NORM = 1.0   # sd-scripts' default
 EMA_DECAY = 0.9
+# Where each text encoder's LoRA weights are kept in state.pt ("te_lora" alone for SD 1.x, as before SDXL).
+_TE_STATE_KEYS = ("te_lora", "te2_lora")
 
 
 class TrainingDiverged(JobFailed, UserError):
@@ -70,11 +75,15 @@ class TrainSpec:
     name: str
     base_model: str
     options: TrainOptions
+    prediction: str | None = None             # force "epsilon" / "v_prediction"; None = what the model says
     trigger: str = ""
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
     resume: bool = False
     tag_frequency: Mapping[str, Mapping[str, int]] | None = None
     log: Callable[[str], None] | None = None   # lines for the member (e.g. "8-bit AdamW unavailable")
+    # Called with each epoch file as soon as it is saved, so a run that is cancelled or fails later still
+    # hands out the epochs it finished.
+    on_epoch_saved: Callable[[Path], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -155,23 +164,6 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma
     return clipped / (snr + 1) if prediction == "v_prediction" else clipped / snr
 
 
-class _TextEncoder:
-    """Caption → encoder hidden states with clip skip (SD1.x: hidden_states[-clip_skip] + final layer norm)."""
-
-    def __init__(self, tokenizer: Any, encoder: torch.nn.Module, clip_skip: int, device: str) -> None:
-        self.tokenizer, self.encoder, self.clip_skip, self.device = tokenizer, encoder, clip_skip, device
-
-    def __call__(self, captions: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(self.device)
-        if self.clip_skip <= 1:
-            return self.encoder(ids)[0]
-        out = self.encoder(ids, output_hidden_states=True)
-        hidden = out.hidden_states[-self.clip_skip]
-        norm = getattr(self.encoder, "final_layer_norm", None) or self.encoder.text_model.final_layer_norm
-        return norm(hidden)
-
-
 def _lora_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if ".lora_" in n}
 
@@ -197,6 +189,32 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _saved_state(spec: TrainSpec, path: Path, run_key: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The state of an interrupted run to resume, or None to start at epoch 1. A state made with other
+    settings, pictures or base model (an earlier, different training of this project) is not resumable:
+    the training job always asks to resume, so a member starting a new training gets a fresh one."""
+    if not spec.resume:
+        return None
+    if not path.is_file():
+        _say(spec, "no saved training state to resume from: starting at epoch 1")
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if any(state.get(key, "sd15" if key == "family" else None) != value for key, value in run_key.items()):
+        _say(spec, "the saved training state is from a training with other settings, pictures or base model: "
+                   "starting at epoch 1")
+        return None
+    return state
+
+
+def _fingerprint(spec: TrainSpec, prediction: str, train_items: list[data.Item],
+                 reg_items: list[data.Item]) -> str:
+    """What makes two runs the same run: options, base model, trigger, picture names and captions."""
+    what = {"options": spec.options.to_dict(), "base_model": spec.base_model, "prediction": prediction,
+            "trigger": spec.trigger, "train": [(i.path.name, i.caption) for i in train_items],
+            "reg": [(i.path.name, i.caption) for i in reg_items]}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _tag_frequency(items: list[data.Item], repeats: int, name: str) -> dict[str, dict[str, int]]:
@@ -230,10 +248,7 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
     device = spec.device
     on_cuda = device.startswith("cuda")
 
-    info = resolve_base_model(spec.base_model)
-    if info.family != "sd15":
-        raise Invalid(f"base model {spec.base_model} is {info.family}: this trainer supports SD 1.x models only "
-                      "for now")
+    info = resolve_base_model(spec.base_model, prediction=spec.prediction)
     train_items, reg_items = data.load_items(project / "dataset", project / "reg")
     if not train_items:
         raise Invalid("there are no training pictures in the dataset folder: add some before training")
@@ -245,9 +260,13 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
     weight_dtype = amp_dtype if use_amp else torch.float32
 
     pipe = load_pipeline(info, dtype=weight_dtype, device=device)
-    unet, text_encoder, tokenizer, vae = pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae
-    vae.to(dtype=torch.float32)   # encode in fp32: fp16 VAEs overflow into NaN latents
-    for module in (unet, text_encoder, vae):
+    unet, vae = pipe.unet, pipe.vae
+    # Embeddings are cached per caption only when they cannot change: encoders frozen, captions fixed.
+    text = for_family(info.family, pipe, clip_skip=opts.clip_skip, device=device,
+                      cache=not opts.train_text_encoder and not opts.shuffle_captions)
+    if vae.dtype != torch.float32:   # encode in fp32: fp16 VAEs (SDXL's above all) overflow into NaN latents
+        vae.to(dtype=torch.float32)
+    for module in (unet, vae, *text.encoders):
         module.requires_grad_(False)
     vae.eval()
 
@@ -259,14 +278,15 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
 
     unet_params = add_unet_lora(unet, opts.network_dim, opts.network_alpha)
     te_params: list[torch.nn.Parameter] = []
-    if opts.train_text_encoder:
-        te_params = add_text_encoder_lora(text_encoder, opts.network_dim, opts.network_alpha)
     unet.train()
-    text_encoder.train(opts.train_text_encoder)
     if opts.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
+    for encoder in text.encoders:
+        encoder.train(opts.train_text_encoder)
         if opts.train_text_encoder:
-            text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            te_params += add_text_encoder_lora(encoder, opts.network_dim, opts.network_alpha)
+            if opts.gradient_checkpointing:
+                encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     groups = [{"params": unet_params, "lr": opts.unet_lr}]
     if te_params:
         groups.append({"params": te_params, "lr": opts.text_encoder_lr})
@@ -275,8 +295,8 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
 
     # Buckets and the step count: the same for every epoch (only the order changes).
     buckets = data.make_buckets(opts.resolution, opts.bucket_min, opts.bucket_max, opts.bucket_step)
-    bucket_by_path = {item.path: data.pick_bucket(data.image_size(item.path), buckets)
-                      for item in train_items + reg_items}
+    size_by_path = {item.path: data.image_size(item.path) for item in train_items + reg_items}
+    bucket_by_path = {path: data.pick_bucket(size, buckets) for path, size in size_by_path.items()}
 
     def bucket_of(sample: data.Sample) -> data.Bucket:
         return bucket_by_path[sample.item.path]
@@ -293,16 +313,21 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
 
     noise_gen = torch.Generator().manual_seed(opts.seed)
     start_epoch, global_step, ema_loss = 1, 0, float("nan")
-    if spec.resume and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("version") != STATE_VERSION or state.get("total_steps") != total_steps \
-                or state.get("network_dim") != opts.network_dim \
-                or state.get("train_text_encoder") != opts.train_text_encoder:
-            raise Invalid("the saved training state was made with other settings or pictures: start the "
-                          "training again without resume")
+    run_key = {"version": STATE_VERSION, "total_steps": total_steps, "network_dim": opts.network_dim,
+               "train_text_encoder": opts.train_text_encoder, "family": info.family,
+               "fingerprint": _fingerprint(spec, info.prediction, train_items, reg_items)}
+    state = _saved_state(spec, state_path, run_key)
+    if state is None:
+        # A fresh run replaces the last one: its epoch files would otherwise mix with this run's (and
+        # keep_last, which keeps the highest numbers, could delete this run's in favour of them).
+        for _, stale in epoch_files(out_dir, spec.name) if out_dir.is_dir() else []:
+            stale.unlink(missing_ok=True)
+        state_path.unlink(missing_ok=True)
+    else:
         _load_lora_params(unet, state["unet_lora"])
         if opts.train_text_encoder:
-            _load_lora_params(text_encoder, state["te_lora"])
+            for encoder, key in zip(text.encoders, _TE_STATE_KEYS, strict=False):
+                _load_lora_params(encoder, state[key])
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
         if "scaler" in state and scaler.is_enabled():
@@ -311,27 +336,22 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
         torch.set_rng_state(state["torch_rng"])
         start_epoch, global_step, ema_loss = state["epoch"] + 1, state["global_step"], state["ema_loss"]
         _say(spec, f"resuming after epoch {state['epoch']} (step {global_step} of {total_steps})")
-    elif spec.resume:
-        _say(spec, "no saved training state to resume from: starting at epoch 1")
     resumed_from = start_epoch - 1
 
     latents = data.LatentCache(vae, device)
-    use_text_cache = not opts.train_text_encoder and not opts.shuffle_captions
-    text_cache = data.KeyedCache()
-    encode_text = _TextEncoder(tokenizer, text_encoder, opts.clip_skip, device)
     tag_frequency = spec.tag_frequency or _tag_frequency(train_items, opts.repeats, spec.name)
     started_at = time.time()
     run_start, run_steps = time.perf_counter(), 0
     autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if use_amp else contextlib.nullcontext
 
     def kohya_state() -> dict[str, torch.Tensor]:
-        te = [lora_state_dict(text_encoder)] if opts.train_text_encoder else []
-        return to_kohya_state_dict(lora_state_dict(unet), te, family="sd15", rank=opts.network_dim,
+        te = [lora_state_dict(encoder) for encoder in text.encoders] if opts.train_text_encoder else []
+        return to_kohya_state_dict(lora_state_dict(unet), te, family=info.family, rank=opts.network_dim,
                                    alpha=opts.network_alpha)
 
     def metadata(epoch: int) -> dict[str, str]:
         return kohya_metadata(
-            base_model=spec.base_model, family="sd15", rank=opts.network_dim, alpha=opts.network_alpha,
+            base_model=spec.base_model, family=info.family, rank=opts.network_dim, alpha=opts.network_alpha,
             unet_lr=opts.unet_lr, text_encoder_lr=opts.text_encoder_lr if opts.train_text_encoder else None,
             epochs=opts.epochs, epoch=epoch, steps=global_step, resolution=opts.resolution,
             tag_frequency=tag_frequency, training_started_at=started_at, output_name=spec.name,
@@ -340,7 +360,9 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
                 "ss_min_snr_gamma": str(opts.min_snr_gamma), "ss_noise_offset": str(opts.noise_offset),
                 "ss_multires_noise_iterations": str(opts.multires_noise_iterations),
                 "ss_multires_noise_discount": str(opts.multires_noise_discount),
-                "ss_seed": str(opts.seed), "ss_clip_skip": str(opts.clip_skip),
+                "ss_seed": str(opts.seed),
+                # sd-scripts writes None for SDXL, where clip skip does not apply.
+                "ss_clip_skip": str(opts.clip_skip) if info.family == "sd15" else "None",
                 "ss_num_train_images": str(len(train_items) * opts.repeats),
                 "ss_num_reg_images": str(len(reg_items)), "ss_prior_loss_weight": str(opts.prior_loss_weight),
                 "ss_batch_size_per_device": str(opts.batch_size), "ss_max_train_steps": str(total_steps),
@@ -357,10 +379,9 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
         path = save_kohya_lora(out_dir / epoch_file_name(spec.name, epoch), kohya_state(), metadata(epoch))
         keep_last(out_dir, spec.name, opts.keep_last_n)
         state = {
-            "version": STATE_VERSION, "epoch": epoch, "global_step": global_step, "total_steps": total_steps,
-            "network_dim": opts.network_dim, "train_text_encoder": opts.train_text_encoder,
-            "unet_lora": _lora_params(unet),
-            "te_lora": _lora_params(text_encoder) if opts.train_text_encoder else {},
+            **run_key, "epoch": epoch, "global_step": global_step, "unet_lora": _lora_params(unet),
+            **{key: _lora_params(encoder) if opts.train_text_encoder else {}
+               for encoder, key in zip(text.encoders, _TE_STATE_KEYS, strict=False)},
             "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
             "noise_rng": noise_gen.get_state(), "torch_rng": torch.get_rng_state(), "ema_loss": ema_loss,
             "options": {k: v for k, v in opts.to_dict().items() if isinstance(v, (int, float, str, bool))},
@@ -368,6 +389,8 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
         if scaler.is_enabled():
             state["scaler"] = scaler.state_dict()
         _atomic_torch_save(state, state_path)
+        if spec.on_epoch_saved is not None:
+            spec.on_epoch_saved(path)
         return path
 
     for epoch in range(start_epoch, opts.epochs + 1):
@@ -381,7 +404,10 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
                 if opts.shuffle_captions:
                     caption = data.shuffle_caption(caption, opts.keep_tokens, rng)
                 captions.append(caption)
-            x0 = torch.stack([latents.latent(s.item.path, bucket_of(s), f) for s, f in zip(batch, flips, strict=True)])
+            placements = [data.Placement(size_by_path[s.item.path], bucket_of(s), f)
+                          for s, f in zip(batch, flips, strict=True)]
+            x0 = torch.stack([latents.latent(s.item.path, p.bucket, p.flip)
+                              for s, p in zip(batch, placements, strict=True)])
             weights = torch.tensor([opts.prior_loss_weight if s.is_reg else 1.0 for s in batch])
 
             noise = torch.randn(x0.shape, generator=noise_gen)
@@ -402,14 +428,9 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
                                                               info.prediction)
 
             with autocast():
-                if use_text_cache:
-                    hidden = torch.stack([text_cache.get(c, lambda c=c: _encode_one(encode_text, c)) for c in captions])
-                    hidden = hidden.to(device)
-                else:
-                    with torch.set_grad_enabled(opts.train_text_encoder):
-                        hidden = encode_text(captions)
+                embedding = text.embed(captions, grad=opts.train_text_encoder)
                 pred = unet(noisy.to(device, dtype=weight_dtype), timesteps.to(device),
-                            hidden.to(weight_dtype)).sample
+                            **text.unet_kwargs(embedding, placements, weight_dtype)).sample
             per_sample = F.mse_loss(pred.float(), target.to(device), reduction="none").mean(dim=(1, 2, 3))
             loss = (per_sample * loss_weights.to(device)).mean()
             value = float(loss.detach())
@@ -440,19 +461,15 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
             save_epoch(epoch)
 
     final = save_kohya_lora(out_dir / f"{spec.name}.safetensors", kohya_state(), metadata(opts.epochs))
+    state_path.unlink(missing_ok=True)   # finished: the next training of this project starts afresh
     elapsed = time.perf_counter() - run_start
     return TrainResult(
         final_path=final,
         epoch_paths=tuple(sorted(out_dir.glob(f"{spec.name}-*.safetensors"))),
         total_steps=global_step, steps_per_epoch=steps_per_epoch, final_loss=ema_loss,
         steps_per_second=run_steps / elapsed if elapsed > 0 else 0.0, resumed_from_epoch=resumed_from,
-        latent_cache_hits=latents.hits, latent_cache_misses=latents.misses, text_cache_hits=text_cache.hits,
+        latent_cache_hits=latents.hits, latent_cache_misses=latents.misses, text_cache_hits=text.cache_hits,
     )
-
-
-def _encode_one(encode_text: _TextEncoder, caption: str) -> torch.Tensor:
-    with torch.no_grad():
-        return encode_text([caption])[0].float().cpu()
 
 
 __all__ = ["Progress", "TrainResult", "TrainSpec", "TrainingDiverged", "TrainingOOM", "output_dir", "train"]

@@ -1,0 +1,30 @@
+"""/lora reg: render the project's regularization (class) pictures with the base model, as a queued job
+with a live status message and a Cancel button. Uploading your own is /lora upload set:reg."""
+from __future__ import annotations
+
+import discord
+from discord import app_commands
+
+from bot.access import actor_of
+from bot.buttons import job_view
+from bot.cogs import MODEL_CHOICES, LoraCog
+from bot.cogs.projects import own_project_names
+from bot.render import job_embed
+
+
+class RegCog(LoraCog):
+    @app_commands.command(name="reg",
+                          description="Make regularization pictures of your project's class with the base model")
+    @app_commands.describe(project="One of your projects",
+                           count="How many pictures (default 100; asking again only adds the missing ones)",
+                           prompt="Instead of the project's class, e.g. 'man, outdoors' (quality words are added)",
+                           model="The base model family you will train on (default: the server's)")
+    @app_commands.choices(model=MODEL_CHOICES)
+    @app_commands.autocomplete(project=own_project_names)
+    async def reg(self, interaction: discord.Interaction, project: str,
+                  count: app_commands.Range[int, 1, 10_000] | None = None,
+                  prompt: app_commands.Range[str, 1, 300] | None = None, model: str | None = None) -> None:
+        await interaction.response.defer(thinking=True)
+        job = await self.engine.reg.start(actor_of(interaction), project, count=count, prompt=prompt, family=model)
+        message = await interaction.edit_original_response(embed=job_embed(job), view=job_view(job.id, True))
+        await self.bot.status_messages.track(job, message)
