@@ -2,6 +2,7 @@
 weight 0 = the base model bit for bit, and one grid per prompt."""
 from __future__ import annotations
 
+import dataclasses
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from engine.models.base import resolve_base_model
 from engine.samples.grid import draw_grid
 from engine.samples.render import Sample, SampleRenderer, SampleSpec, default_prompts, file_grid, grids
 from engine.training.kohya_format import kohya_metadata, save_kohya_lora, to_kohya_state_dict
+from engine.training.lora_files import lora_clip_skip
 from engine.training.lora_inject import add_text_encoder_lora, add_unet_lora, lora_state_dict
 
 RANK, ALPHA = 4, 4.0
@@ -153,6 +155,40 @@ def test_text_encoder_lora_follows_the_weight(rendered: Rendered) -> None:
         assert torch.equal(out[0.0], base)
         assert (out[1.0] - base).norm() > (out[0.5] - base).norm() > 0
         assert torch.equal(pipe.text_encoder(ids)[0], base)
+
+
+def test_clip_skip_reads_prompts_from_an_earlier_text_encoder_layer(rendered: Rendered) -> None:
+    """Checked against embeddings made here from the text encoder's hidden states (A1111's clip skip):
+    the layer 2 from the end, through the final layer norm, for the prompt and the negative prompt."""
+    pipe = rendered.renderer.pipeline
+    [skipped] = rendered.renderer.render({"epoch 1": rendered.files["epoch 1"]},
+                                         dataclasses.replace(SPEC, weights=[0.0], clip_skip=2))
+    encoder = pipe.text_encoder
+    norm = getattr(encoder, "final_layer_norm", None) or encoder.text_model.final_layer_norm
+
+    def embed(text: str) -> torch.Tensor:
+        ids = pipe.tokenizer(text, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            return norm(encoder(ids, output_hidden_states=True).hidden_states[-2])
+
+    expected = pipe(prompt_embeds=embed(PROMPT), negative_prompt_embeds=embed("blurry"), num_inference_steps=2,
+                    guidance_scale=5.0, width=64, height=64,
+                    generator=torch.Generator("cpu").manual_seed(SEED)).images[0]
+    assert np.array_equal(np.asarray(skipped.image), np.asarray(expected))
+    assert _dist(np.asarray(skipped.image), rendered.base) > 0, "clip skip 2 is not clip skip 1"
+
+
+def test_the_clip_skip_of_a_lora_file_comes_from_its_metadata(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    tensor = {"lora_unet_x.alpha": np.ones((), dtype=np.float32)}
+    for written, read in (({"ss_clip_skip": "2"}, 2), ({"ss_clip_skip": "None"}, 1), ({}, 1),
+                          ({"ss_clip_skip": "40"}, 1)):
+        save_file(tensor, tmp_path / "lora.safetensors", metadata=written)
+        assert lora_clip_skip(tmp_path / "lora.safetensors") == read, written
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    assert lora_clip_skip(tmp_path / "broken.safetensors") == 1
 
 
 def test_one_grid_per_prompt_with_the_right_shape(rendered: Rendered) -> None:

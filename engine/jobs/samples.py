@@ -63,8 +63,9 @@ def _run(ctx: JobContext) -> dict[str, Any]:
     info = resolve_base_model(params["base_model"], prediction=params.get("prediction"))
     size = params["size"] or preset(info.family).resolution
     prompts, controls = default_prompts(params["trigger"], params["class_name"])
+    newest = next(reversed(files.values()))
     spec = SampleSpec(prompts=prompts, control_prompts=controls, weights=params["weights"], seeds=params["seeds"],
-                      steps=params["steps"], size=(size, size))
+                      steps=params["steps"], size=(size, size), clip_skip=lora_files.lora_clip_skip(newest))
     spec.check()
     device = _device()
     renderer = SampleRenderer(info, device=device)

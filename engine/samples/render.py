@@ -65,6 +65,9 @@ class SampleSpec:
     steps: int = 28
     guidance: float = 7.0
     size: tuple[int, int] = (512, 512)       # (width, height)
+    # SD 1.x: the text encoder layer prompts are read from, counted from the end, as the LoRA was trained
+    # (A1111's "clip skip"; 2 for most anime models). SDXL has no such setting.
+    clip_skip: int = 1
 
     def all_prompts(self) -> list[tuple[str, bool]]:
         """(prompt, is_control), trigger prompts first."""
@@ -87,6 +90,8 @@ class SampleSpec:
             raise ValueError(f"seeds repeat: {list(self.seeds)}")
         if not 1 <= self.steps <= 150:
             raise ValueError(f"sampling steps must be 1 to 150, got {self.steps}")
+        if not 1 <= self.clip_skip <= 12:
+            raise ValueError(f"clip skip must be 1 to 12, got {self.clip_skip}")
         if not 0.0 <= self.guidance <= 30.0:
             raise ValueError(f"guidance must be 0 to 30, got {self.guidance}")
         width, height = self.size
@@ -145,8 +150,7 @@ class SampleRenderer:
 
         width, height = spec.size
         result = self.pipeline(
-            prompt=prompt,
-            negative_prompt=spec.negative_prompt or None,
+            **self._prompts(spec, prompt),
             num_inference_steps=spec.steps,
             guidance_scale=spec.guidance,
             width=width,
@@ -155,6 +159,22 @@ class SampleRenderer:
             output_type="pil",
         )
         return result.images[0]
+
+    def _prompts(self, spec: SampleSpec, prompt: str) -> dict[str, Any]:
+        """The pipeline's prompt arguments. With clip skip on SD 1.x the embeddings are made here, the way
+        the trainer makes them: diffusers' own clip_skip path breaks under transformers 5."""
+        negative = spec.negative_prompt or None
+        if spec.clip_skip <= 1 or self.info.family != "sd15":
+            return {"prompt": prompt, "negative_prompt": negative}
+        import torch
+
+        from engine.training.conditioning import SD15Conditioning
+
+        text = SD15Conditioning(self.pipeline, clip_skip=spec.clip_skip, device=self.device, cache=False)
+        dtype = self.pipeline.unet.dtype
+        with torch.no_grad():
+            return {"prompt_embeds": text.encode([prompt]).hidden.to(dtype),
+                    "negative_prompt_embeds": text.encode([negative or ""]).hidden.to(dtype)}
 
     def _unload(self) -> None:
         self.pipeline.unload_lora_weights()

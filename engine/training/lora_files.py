@@ -43,15 +43,29 @@ def keep_last(folder: Path, name: str, n: int) -> list[Path]:
     return doomed
 
 
-def lora_family(path: Path) -> Family | None:
-    """The model family a LoRA file was trained for, from its sd-scripts metadata (`ss_base_model_version`,
-    else `modelspec.architecture`); None when the file is unreadable or does not say."""
+def lora_metadata(path: Path) -> dict[str, str] | None:
+    """A LoRA file's safetensors metadata (the `ss_*` keys sd-scripts writes); None when unreadable."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="np") as f:
-            meta = f.metadata() or {}
+            return dict(f.metadata() or {})
     except Exception:  # noqa: BLE001 - safetensors raises its own SafetensorError; a bad file says nothing
+        return None
+
+
+def lora_clip_skip(path: Path) -> int:
+    """The clip skip a LoRA was trained with (`ss_clip_skip`; SDXL files say "None"): samples should use
+    the same. 1 when the file does not say."""
+    value = (lora_metadata(path) or {}).get("ss_clip_skip", "")
+    return int(value) if value.isdigit() and 1 <= int(value) <= 12 else 1
+
+
+def lora_family(path: Path) -> Family | None:
+    """The model family a LoRA file was trained for, from its sd-scripts metadata (`ss_base_model_version`,
+    else `modelspec.architecture`); None when the file is unreadable or does not say."""
+    meta = lora_metadata(path)
+    if meta is None:
         return None
     version = meta.get("ss_base_model_version", "")
     architecture = meta.get("modelspec.architecture", "")
