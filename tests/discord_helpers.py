@@ -1,6 +1,7 @@
 """Reading what the bot sent, the way a member sees it."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -21,3 +22,8 @@ def custom_ids(message: dict[str, Any] | None) -> list[str]:
     for row in (message or {}).get("components") or []:
         ids += [item["custom_id"] for item in row.get("components", []) if "custom_id" in item]
     return ids
+
+
+def ended(message_id: str) -> Callable[[dict[str, Any]], bool]:
+    """A predicate for wait_for_message: job status message `message_id` shows the job has ended."""
+    return lambda m: m["id"] == message_id and any(w in text_of(m) for w in ("finished", "failed", "cancelled"))

@@ -14,7 +14,7 @@ import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors.torch import save_file
 
-from engine.devtools.tiny_models import TinyModelPaths, write_tiny_models
+from engine.devtools.tiny_models import TinyModelPaths
 from engine.errors import SetupError
 from engine.models import load_pipeline, resolve_base_model
 from engine.models.base import BaseModelInfo
@@ -35,8 +35,8 @@ SDXL_KEYS = [
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModelPaths:
-    return write_tiny_models(tmp_path_factory.mktemp("tiny"))
+def tiny(tiny_models: TinyModelPaths) -> TinyModelPaths:
+    return tiny_models
 
 
 @pytest.fixture

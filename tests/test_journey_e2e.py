@@ -14,7 +14,7 @@ from safetensors import safe_open
 from engine.config import Config, SamplesConfig
 from engine.devtools.pictures import picture
 from tests.conftest import ALICE, Studio
-from tests.discord_helpers import custom_ids, text_of
+from tests.discord_helpers import custom_ids, ended, text_of
 from tests.test_bot_e2e import ask, new_project
 from tests.test_curate_e2e import caption_files, click
 from tests.test_training_e2e import TINY
@@ -28,10 +28,6 @@ def config(config: Config, tiny_models) -> Config:
         tagger=dataclasses.replace(config.tagger, model=str(tiny_models.tagger), general_threshold=0.3),
         reg=dataclasses.replace(config.reg, steps=2, resolution=64, batch_size=2),
         samples=SamplesConfig(weights=[0.0, 1.0], steps=2, size=64, auto_after_training=True))
-
-
-def ended(message_id: str):
-    return lambda m: m["id"] == message_id and any(w in text_of(m) for w in ("finished", "failed", "cancelled"))
 
 
 async def run_job(studio: Studio, command: str, options: dict, title: str) -> dict:

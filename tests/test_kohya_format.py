@@ -14,7 +14,7 @@ from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusio
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from engine.devtools.tiny_models import TinyModelPaths, write_tiny_models
+from engine.devtools.tiny_models import TinyModelPaths
 from engine.training.kohya_format import KOHYA_KEY, kohya_metadata, save_kohya_lora, to_kohya_state_dict
 from engine.training.lora_files import epoch_file_name, keep_last
 from engine.training.lora_inject import add_text_encoder_lora, add_unet_lora, lora_state_dict
@@ -28,8 +28,8 @@ FAMILIES = {
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModelPaths:
-    return write_tiny_models(tmp_path_factory.mktemp("tiny"))
+def tiny(tiny_models: TinyModelPaths) -> TinyModelPaths:
+    return tiny_models
 
 
 def _unet_inputs(family: str) -> dict:

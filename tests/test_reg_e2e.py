@@ -12,7 +12,7 @@ import pytest
 from engine.config import Config
 from engine.reg.spec import MANIFEST_NAME, PENDING_DIR, Manifest
 from tests.conftest import ALICE, ALICE_ACTOR, Studio
-from tests.discord_helpers import custom_ids, text_of
+from tests.discord_helpers import custom_ids, ended, text_of
 from tests.test_bot_e2e import ask, new_project
 from tests.test_cli import ok_json
 from tests.test_reg import tiny_config
@@ -21,10 +21,6 @@ from tests.test_reg import tiny_config
 @pytest.fixture
 def config(config: Config, tiny_models) -> Config:
     return tiny_config(config, tiny_models)
-
-
-def ended(message_id: int):
-    return lambda m: m["id"] == message_id and any(word in text_of(m) for word in ("finished", "failed", "cancelled"))
 
 
 async def test_reg_cancelled_halfway_then_asked_again_renders_the_rest_and_registers_tagged_pictures(

@@ -13,7 +13,7 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
 from PIL import Image
 
-from engine.devtools.tiny_models import write_tiny_models
+from engine.devtools.tiny_models import TinyModelPaths
 from engine.models.base import resolve_base_model
 from engine.samples.grid import draw_grid
 from engine.samples.render import Sample, SampleRenderer, SampleSpec, default_prompts, file_grid, grids
@@ -66,9 +66,8 @@ class Rendered:
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
-    root = tmp_path_factory.mktemp("render")
-    tiny = write_tiny_models(root / "tiny")
+def rendered(tmp_path_factory: pytest.TempPathFactory, tiny_models: TinyModelPaths) -> Rendered:
+    root, tiny = tmp_path_factory.mktemp("render"), tiny_models
     a = _make_lora(tiny.sd15, root / "alice-01.safetensors", seed=1, text_encoder=False)
     b = _make_lora(tiny.sd15, root / "alice-02.safetensors", seed=2, text_encoder=True)
     base = _plain_base_image(tiny.sd15)

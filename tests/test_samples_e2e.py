@@ -15,10 +15,10 @@ from engine.config import Config, SamplesConfig
 from engine.devtools.pictures import picture
 from engine.intake import IncomingFile
 from tests.conftest import ALICE, ALICE_ACTOR, Studio
-from tests.discord_helpers import custom_ids, text_of
+from tests.discord_helpers import custom_ids, ended, text_of
 from tests.test_bot_e2e import ask, new_project
+from tests.test_training_e2e import TINY
 
-TINY = "resolution=64, bucket_min=64, bucket_max=64, batch_size=2, network_dim=4, network_alpha=2"
 WEIGHTS = [0.0, 0.5, 1.0]
 
 
@@ -46,15 +46,13 @@ async def test_training_is_followed_by_samples_and_download_defaults_to_the_reco
                                                    "settings": TINY})
     [start] = custom_ids(plan)
     await (await studio.fake.click(ALICE, plan["id"], start)).acked()
-    trained = await studio.fake.wait_for_message(
-        lambda m: m["id"] == plan["id"] and ("finished" in text_of(m) or "failed" in text_of(m)), timeout=180)
+    trained = await studio.fake.wait_for_message(ended(plan["id"]), timeout=180)
     assert "finished" in text_of(trained), text_of(trained)
 
     # The samples job the engine queued by itself, shown in the training's channel, then its results under it.
     status = await studio.fake.wait_for_message(
         lambda m: "Sample grids #" in text_of(m) and m["channel_id"] == plan["channel_id"], timeout=30)
-    done = await studio.fake.wait_for_message(
-        lambda m: m["id"] == status["id"] and ("finished" in text_of(m) or "failed" in text_of(m)), timeout=180)
+    done = await studio.fake.wait_for_message(ended(status["id"]), timeout=180)
     assert "finished" in text_of(done), text_of(done)
     posted = await studio.fake.wait_for_message(
         lambda m: "which epoch and weight?" in text_of(m)

@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 from engine.devtools.pictures import picture
-from engine.devtools.tiny_models import write_tiny_models
+from engine.devtools.tiny_models import TinyModelPaths
 from engine.training import data, trainer
 from engine.training.kohya_format import KOHYA_KEY
 from engine.training.lora_files import trained_family
@@ -26,8 +26,8 @@ OPTIONS = dataclasses.replace(
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_models(tmp_path_factory.mktemp("models")).sd15
+def tiny(tiny_models: TinyModelPaths) -> Path:
+    return tiny_models.sd15
 
 
 def _project(root: Path, n: int = 2, reg: int = 0) -> Path:

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from engine.config import Config, ModelsConfig
 from engine.devtools.pictures import picture
-from engine.devtools.tiny_models import TinyModelPaths, write_tiny_models
+from engine.devtools.tiny_models import TinyModelPaths
 from engine.errors import Invalid, SetupError
 from engine.facade import Engine
 from engine.intake import IncomingFile
@@ -40,8 +40,8 @@ SIZES = {"0.png": (96, 80), "1.png": (80, 120)}
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModelPaths:
-    return write_tiny_models(tmp_path_factory.mktemp("models"))
+def tiny(tiny_models: TinyModelPaths) -> TinyModelPaths:
+    return tiny_models
 
 
 @dataclass

@@ -12,6 +12,7 @@ import pytest
 from engine.config import Config
 from tests.conftest import ALICE, Studio
 from tests.discord_helpers import custom_ids, text_of
+from tests.fakediscord.limits import walk_components
 from tests.poisoned_training import POISON_AT_STEP
 from tests.test_bot_e2e import ask
 from tests.test_training_e2e import TINY, captioned_project
@@ -27,19 +28,8 @@ def config(config: Config, tiny_models) -> Config:
 
 def form_fields(modal: dict[str, Any]) -> dict[str, str]:
     """custom_id → pre-filled value of each text box in a modal, whatever rows or labels wrap them."""
-    found: dict[str, str] = {}
-
-    def walk(component: dict[str, Any]) -> None:
-        if component.get("type") == 4:
-            found[component["custom_id"]] = component.get("value", "")
-        for child in component.get("components") or []:
-            walk(child)
-        if "component" in component:
-            walk(component["component"])
-
-    for component in modal["components"]:
-        walk(component)
-    return found
+    return {c["custom_id"]: c.get("value", "") for _, c in walk_components(modal["components"], "modal")
+            if c.get("type") == 4}
 
 
 async def test_advanced_form_is_prefilled_and_only_edits_count(studio: Studio) -> None:

@@ -10,18 +10,12 @@ from safetensors import safe_open
 
 from engine.config import Config
 from engine.devtools.pictures import picture
-from engine.devtools.tiny_models import write_tiny_models
 from engine.intake import IncomingFile
 from tests.conftest import ALICE, ALICE_ACTOR, BOB, Studio
-from tests.discord_helpers import custom_ids, text_of
+from tests.discord_helpers import custom_ids, ended, text_of
 from tests.test_bot_e2e import ask, new_project
 
 TINY = "resolution=64, bucket_min=64, bucket_max=64, batch_size=2, network_dim=4, network_alpha=2"
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory):
-    return write_tiny_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture
@@ -54,8 +48,7 @@ async def test_plan_start_progress_and_files(studio: Studio) -> None:
 
     clicked = await studio.fake.click(ALICE, plan["id"], start)
     await clicked.acked()
-    done = await studio.fake.wait_for_message(
-        lambda m: m["id"] == plan["id"] and ("finished" in text_of(m) or "failed" in text_of(m)), timeout=180)
+    done = await studio.fake.wait_for_message(ended(plan["id"]), timeout=180)
     assert "finished" in text_of(done), text_of(done)
     assert "XingBar30.safetensors" in text_of(done)
     output = studio.engine.layout.project(ALICE, "XingBar30").output

@@ -19,6 +19,7 @@ from typing import Any
 from engine.errors import SetupError
 from engine.jobs.context import JobContext, JobFailed
 from engine.jobs.tag import provider_message
+from engine.models.inference import release_gpu_memory
 from engine.reg.spec import Manifest, RegFolders, RegSpec, Work, survey
 from engine.tagging import TaggerError
 from engine.tagging.model import CUDA, Tagger
@@ -98,11 +99,8 @@ def _render(ctx: JobContext, spec: RegSpec, work: Work, folders: RegFolders, man
             manifest.save()
             done += 1
             ctx.progress(done, total, f"rendered {done} of {len(work.to_render)} pictures")
-    if renderer.device.startswith("cuda"):
-        import torch
-
-        del renderer  # give the GPU memory back before the tagger (onnxruntime) asks for its own
-        torch.cuda.empty_cache()
+    del renderer
+    release_gpu_memory()  # before the tagger (onnxruntime) asks for its own
 
 
 def _forget_other_work(spec: RegSpec, folders: RegFolders, manifest: Manifest, ctx: JobContext) -> None:

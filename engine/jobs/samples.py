@@ -10,7 +10,6 @@ prediction (optional: the base model's forced prediction type, as for training).
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import statistics
 from collections import defaultdict
@@ -20,6 +19,7 @@ from typing import Any
 from engine.errors import SetupError
 from engine.jobs.context import JobContext, JobFailed
 from engine.models import resolve_base_model
+from engine.models.inference import preferred_device, release_gpu_memory
 from engine.samples.grid import GridImage
 from engine.samples.heatmap import heatmap_png
 from engine.samples.render import Sample, SampleRenderer, SampleSpec, default_prompts, file_grid, grids
@@ -67,12 +67,12 @@ def _run(ctx: JobContext) -> dict[str, Any]:
     spec = SampleSpec(prompts=prompts, control_prompts=controls, weights=params["weights"], seeds=params["seeds"],
                       steps=params["steps"], size=(size, size), clip_skip=lora_files.lora_clip_skip(newest))
     spec.check()
-    device = _device()
+    device = preferred_device()
     renderer = SampleRenderer(info, device=device)
     ctx.progress(1, total, f"rendering {len(files)} epochs × {len(spec.weights)} weights at {size} px")
     samples = renderer.render(files, spec)
     del renderer
-    _free_gpu()  # one GPU: the tagger and the extra models come next
+    release_gpu_memory()  # one GPU: the tagger and the extra models come next
     ctx.progress(2, total, "reading the samples with the tagger")
     tags = _tag_samples(samples, TagOptions.from_params(params["tagger"]))
     scores = _scores(samples, tags, params["character_tags"])
@@ -115,21 +115,6 @@ def _run(ctx: JobContext) -> dict[str, Any]:
             "models": [m["model"] for m in report["models"]]}
 
 
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _free_gpu() -> None:
-    """Gives a dropped pipeline's memory back before the next model is loaded."""
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def _on_other_model(model: str, family: str, lora: Path, choice: Recommendation, spec: SampleSpec, device: str,
                     *, title: str, max_bytes: int) -> tuple[list[GridImage], str]:
     """The recommended epoch on another base model, at weight 0 and the recommended weight, trigger prompts
@@ -148,7 +133,7 @@ def _on_other_model(model: str, family: str, lora: Path, choice: Recommendation,
             return file_grid(samples, label, title=title, max_bytes=max_bytes), ""
         finally:
             del renderer
-            _free_gpu()
+            release_gpu_memory()
     # SetupError: not found or not loadable; ValueError: the LoRA does not fit its layers; RuntimeError:
     # out of GPU memory or a broken checkpoint — all about that one model, so skip it and go on.
     except (SetupError, ValueError, OSError, RuntimeError) as error:

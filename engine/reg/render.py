@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine.models import load_pipeline, resolve_base_model
+from engine.models import resolve_base_model
+from engine.models.inference import load_inference_pipeline, preferred_device
 from engine.reg.spec import RegSpec
 
 # Same encoding as intake's stored pictures: lossless, fast, no metadata (the manifest holds the settings).
@@ -25,16 +26,10 @@ class RenderFailed(Exception):
 
 class RegRenderer:
     def __init__(self, spec: RegSpec, device: str | None = None) -> None:
-        import torch
-
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        # fp16 on a GPU (SDXL's pipeline upcasts its VAE itself, as its config asks); fp32 on a CPU,
-        # where half precision is slow or missing.
-        dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        self.device = device or preferred_device()
         info = resolve_base_model(spec.base_model, prediction=spec.prediction)
         self.family = info.family
-        self.pipeline = load_pipeline(info, dtype=dtype, device=self.device)
-        self.pipeline.set_progress_bar_config(disable=True)
+        self.pipeline = load_inference_pipeline(info, device=self.device)
 
     def render(self, spec: RegSpec, seeds: list[int]) -> list[bytes]:
         """PNG bytes of one picture per seed, in order."""

@@ -25,7 +25,8 @@ from typing import Any
 
 from PIL import Image
 
-from engine.models.base import BaseModelInfo, load_pipeline
+from engine.models.base import BaseModelInfo
+from engine.models.inference import load_inference_pipeline, preferred_device
 from engine.samples.grid import GridImage, encode_for_discord
 
 DEFAULT_WEIGHTS = (0.0, 0.4, 0.6, 0.8, 1.0)
@@ -118,31 +119,12 @@ class SampleRenderer:
 
     Not thread-safe: one render at a time (the worker process runs one job at a time anyway)."""
 
-    def __init__(self, info: BaseModelInfo, *, device: str = "cpu", dtype: Any = None,
+    def __init__(self, info: BaseModelInfo, *, device: str | None = None, dtype: Any = None,
                  config: str | Path | None = None, cache_dir: str = "") -> None:
-        import torch
-
-        if dtype is None:
-            dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
         self.info = info
-        self.device = str(device)
-        self.pipeline = load_pipeline(info, dtype=dtype, device=self.device, config=config, cache_dir=cache_dir)
-        pipe = self.pipeline
-        if hasattr(pipe, "safety_checker"):
-            pipe.safety_checker = None
-        pipe.set_progress_bar_config(disable=True)
-        if getattr(pipe.unet, "is_gradient_checkpointing", False):
-            pipe.unet.disable_gradient_checkpointing()
-        for name in ("text_encoder", "text_encoder_2"):
-            encoder = getattr(pipe, name, None)
-            # transformers 5 renamed is_gradient_checkpointing (deprecated) to is_activation_checkpointing.
-            flag = "is_activation_checkpointing" if hasattr(type(encoder), "is_activation_checkpointing") \
-                else "is_gradient_checkpointing"
-            if encoder is not None and getattr(encoder, flag, False):
-                encoder.gradient_checkpointing_disable()
-        for module in (getattr(pipe, n, None) for n in ("unet", "vae", "text_encoder", "text_encoder_2")):
-            if module is not None:
-                module.eval()
+        self.device = str(device or preferred_device())
+        self.pipeline = load_inference_pipeline(info, device=self.device, dtype=dtype, config=config,
+                                                cache_dir=cache_dir)
         self._adapter_counter = 0
 
     def _image(self, spec: SampleSpec, prompt: str, seed: int) -> Image.Image:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from engine.errors import Invalid, UserError
 from engine.jobs.context import JobFailed
 from engine.models.base import load_pipeline, resolve_base_model
+from engine.models.inference import preferred_device
 from engine.training import data
 from engine.training.conditioning import for_family
 from engine.training.kohya_format import kohya_metadata, save_kohya_lora, to_kohya_state_dict
@@ -77,7 +78,7 @@ class TrainSpec:
     options: TrainOptions
     prediction: str | None = None             # force "epsilon" / "v_prediction"; None = what the model says
     trigger: str = ""
-    device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
+    device: str = field(default_factory=preferred_device)
     resume: bool = False
     tag_frequency: Mapping[str, Mapping[str, int]] | None = None
     log: Callable[[str], None] | None = None   # lines for the member (e.g. "8-bit AdamW unavailable")
