@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -100,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True)
     tiny = dev.add_parser("tiny-models", parents=[inner], help="write tiny SD1.5/SDXL pipelines and a tagger")
     tiny.add_argument("dir", type=Path)
+    toy = dev.add_parser("toy-world", parents=[inner], help="the toy world: a base model and tagger that learn on a CPU")
+    toy_actions = toy.add_subparsers(dest="toy_action")
+    toy_actions.add_parser("show", parents=[inner], help="where the shipped toy models are, and how to use them")
+    toy_build = toy_actions.add_parser("build", parents=[inner], help="train the toy base model and tagger (~30 min)")
+    toy_build.add_argument("dir", type=Path)
+    toy_build.add_argument("--seed", type=int, default=0)
+    toy_build.add_argument("--quick", action="store_true", help="seconds instead of minutes; the models learn little")
+    toy_pictures = toy_actions.add_parser("pictures", parents=[inner],
+                                          help="pictures of the toy character XingBar, ready to upload")
+    toy_pictures.add_argument("dir", type=Path)
+    toy_pictures.add_argument("--count", type=int, default=12, choices=range(1, 101), metavar="1-100")
     return parser
 
 
@@ -135,7 +147,7 @@ async def _dispatch(args: argparse.Namespace, config) -> int:
     if args.verb == "run":
         return await _run(config)
     if args.verb == "dev":
-        return _tiny_models(args)
+        return _toy_world(args) if args.action == "toy-world" else _tiny_models(args)
     if args.verb == "demo":
         from bot.demo import run_demo
 
@@ -175,6 +187,32 @@ def _tiny_models(args: argparse.Namespace) -> int:
     paths = write_tiny_models(args.dir)
     data = {"sd15": str(paths.sd15), "sdxl": str(paths.sdxl), "tagger": str(paths.tagger)}
     _emit(args, data, "\n".join(f"{key:7} {value}" for key, value in data.items()))
+    return 0
+
+
+def _toy_world(args: argparse.Namespace) -> int:
+    from engine.devtools import toy_world
+
+    if args.toy_action == "build":
+        from engine.devtools.toy_world.build import BuildSettings, build
+
+        settings = BuildSettings.quick() if args.quick else BuildSettings()
+        paths = build(args.dir, dataclasses.replace(settings, seed=args.seed), progress=not args.json,
+                      log=(lambda _: None) if args.json else print)
+        _emit(args, {"sd15": str(paths.sd15), "tagger": str(paths.tagger), "report": str(paths.report)}, "")
+        return 0
+    if args.toy_action == "pictures":
+        files = toy_world.write_character_pictures(args.dir, args.count)
+        _emit(args, {"character": toy_world.CHARACTER.name, "files": [str(f) for f in files]},
+              f"{len(files)} pictures of {toy_world.CHARACTER.name} ({', '.join(toy_world.CHARACTER.traits())}) "
+              f"in {args.dir}")
+        return 0
+    paths = toy_world.shipped()
+    data = {"sd15": str(paths.sd15), "tagger": str(paths.tagger), "report": str(paths.report)}
+    _emit(args, data, "The toy world ships with lorabake. To try the whole bot on a CPU box, put this in "
+                      f"config.toml:\n\n[models]\nsd15 = \"{paths.sd15}\"\n\n[tagger]\nmodel = \"{paths.tagger}\"\n\n"
+                      f"[reg]\nguidance = {toy_world.GUIDANCE:g}\n\n[samples]\nguidance = {toy_world.GUIDANCE:g}\n\n"
+                      "then upload the pictures that `lorabake dev toy-world pictures DIR` writes.")
     return 0
 
 

@@ -168,7 +168,9 @@ class SamplesConfig:
                                  metadata={**_range(0.0, 2.0), "check": _sample_weights})
     seeds: list[int] = field(default_factory=lambda: [42], metadata=_range(0, 2**32 - 1))
     steps: int = field(default=28, metadata=_range(1, 150))
-    # 0: the family's training resolution (512 for SD1.5, 1024 for SDXL).
+    # Classifier-free guidance (A1111's "CFG scale").
+    guidance: float = field(default=7.0, metadata=_range(0.0, 30.0))
+    # 0: the base model's training resolution (512 for SD1.5, 1024 for SDXL, a diffusers folder's own).
     size: int = field(default=0, metadata={**_range(0, 2048), "check": _sample_size})
     max_leak: float = field(default=0.15, metadata=_range(0.0, 1.0))
     auto_after_training: bool = True

@@ -48,7 +48,7 @@ class RegAPI:
         base_model, prediction = models.spec_for(family), models.prediction_for(family)
         # Resolving finds a missing or wrong base model now, with a message, not in the worker later.
         info = await asyncio.to_thread(resolve_base_model, base_model, prediction=prediction)
-        size = settings.resolution or preset(info.family).resolution
+        size = settings.resolution or preset(info.family, info.resolution).resolution
         spec = RegSpec(base_model=base_model, prediction=prediction,
                        prompt=class_prompt(settings.quality_prompt, subject), negative_prompt=settings.negative_prompt,
                        count=count, steps=settings.steps, guidance=settings.guidance, width=size, height=size,

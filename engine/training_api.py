@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from engine.config import MODEL_FAMILIES
 from engine.errors import Invalid, NotFound, SetupError
 from engine.models import resolve_base_model
+from engine.models.base import native_resolution
 from engine.records import Actor, Job
 from engine.samples.report import SampleResults, read_report, sample_results, samples_match
 from engine.training.lora_files import epoch_files, epoch_number, trained_family
@@ -96,13 +97,21 @@ class TrainingAPI:
             raise SetupError(f"[models] {family} names {info.spec}, which is an {_FAMILY_NAMES[info.family]} "
                              f"model, not {_FAMILY_NAMES[family]}: the server owner should set [models] {family} "
                              f"to an {_FAMILY_NAMES[family]} model")
-        options = dataclasses.replace(apply_overrides(preset(info.family), overrides),
+        options = dataclasses.replace(apply_overrides(preset(info.family, info.resolution), overrides),
                                       max_train_steps_cap=engine.config.training.max_steps)
         seconds, source = await self._seconds_per_step(options)
         plan = make_plan(options, train_images=len(train), reg_images=len(pictures) - len(train),
                          seconds_per_step=seconds, speed_source=source)
         refuse_if_too_long(plan, options.max_train_steps_cap)
         return PlannedTraining(row.name, info.family, options, plan, len(train) - len(captions))
+
+    def defaults(self, family: str | None) -> TrainOptions:
+        """The options a training starts from: the family's preset at the base model's own resolution, read
+        from a local model's configs (a model still to be downloaded gets the family's usual one)."""
+        models = self._engine.config.models
+        family = choose_family(family, models.default_family)
+        path = Path(models.spec_for(family)).expanduser()
+        return preset(family, native_resolution(path) if path.is_dir() else None)
 
     async def start(self, actor: Actor, project: str, overrides: dict[str, str], *,
                     family: str | None = None) -> Job:
@@ -175,11 +184,11 @@ class TrainingAPI:
         tagger = engine.config.tagger
         params = {
             "base_model": models.spec_for(family), "prediction": models.prediction_for(family),
-            "name": row.name, "trigger": row.trigger, "class_name": row.class_name, "character_tags": pruned + [t for t in frequent if t not in pruned],
+            "name": row.name, "trigger": row.trigger, "class_name": row.class_name, "frequent_tags": frequent, "pruned_tags": pruned,
             "tagger": {"model": tagger.model, "cache_dir": tagger.cache_dir,
                        "general_threshold": tagger.general_threshold,
                        "character_threshold": tagger.character_threshold, "blacklist": tagger.blacklist},
-            "weights": sampling.weights, "seeds": sampling.seeds, "steps": sampling.steps, "size": sampling.size,
+            "weights": sampling.weights, "seeds": sampling.seeds, "steps": sampling.steps, "guidance": sampling.guidance, "size": sampling.size,
             "max_bytes": 8 * 2**20, "max_leak": sampling.max_leak, "extra_models": sampling.extra_models,
         }
         return await engine.enqueue(actor, "samples", row.name, params, follows=follows)

@@ -17,7 +17,8 @@ from safetensors.torch import save_file
 from engine.devtools.tiny_models import TinyModelPaths
 from engine.errors import SetupError
 from engine.models import load_pipeline, resolve_base_model
-from engine.models.base import BaseModelInfo
+from engine.models.base import BaseModelInfo, native_resolution
+from engine.training.options import preset
 
 SD15_KEYS = [
     "model.diffusion_model.input_blocks.0.0.weight",
@@ -54,9 +55,27 @@ def _checkpoint(path: Path, keys: list[str]) -> Path:
     return path
 
 
+def test_native_resolution_comes_from_the_unet_and_vae_configs(tmp_path: Path) -> None:
+    def folder(sample_size: object, blocks: int) -> Path:
+        root = tmp_path / f"m{sample_size}-{blocks}"
+        for name, config in (("unet", {"sample_size": sample_size}), ("vae", {"block_out_channels": [8] * blocks})):
+            (root / name).mkdir(parents=True)
+            (root / name / "config.json").write_text(json.dumps(config))
+        return root
+
+    assert native_resolution(folder(64, 4)) == 512          # SD 1.5
+    assert native_resolution(folder(96, 4)) == 768          # SD 2.x-768
+    assert native_resolution(folder([128, 128], 4)) == 1024  # (height, width)
+    assert native_resolution(folder("x", 4)) is None and native_resolution(tmp_path / "none") is None
+    options = preset("sd15", 768)
+    assert (options.resolution, options.bucket_min, options.bucket_max, options.bucket_step) == (768, 384, 1536, 96)
+    assert preset("sd15", 512) == preset("sd15") and preset("sdxl", None).resolution == 1024
+
+
 def test_tiny_sd15_folder_is_detected_and_loads(tiny: TinyModelPaths, no_network: None) -> None:
     info = resolve_base_model(str(tiny.sd15))
-    assert info == BaseModelInfo(str(tiny.sd15), "sd15", "diffusers", tiny.sd15, "epsilon")
+    # Its own resolution, from its configs: 32 latent px × 2 (two VAE blocks).
+    assert info == BaseModelInfo(str(tiny.sd15), "sd15", "diffusers", tiny.sd15, "epsilon", 64)
     pipeline = load_pipeline(info, dtype=torch.float32)
     assert isinstance(pipeline, StableDiffusionPipeline)
     assert pipeline.unet.dtype == torch.float32 and pipeline.safety_checker is None

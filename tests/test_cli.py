@@ -255,27 +255,44 @@ def test_dev_tiny_models_writes_three_model_folders(tmp_path: Path) -> None:
     assert (tagger / "selected_tags.csv").read_text().startswith("tag_id,name,category")
 
 
-def test_demo_runs_the_journey_without_discord(tmp_path: Path) -> None:
+def test_demo_trains_the_toy_character_and_its_scores_mean_it(tmp_path: Path) -> None:
+    """The demo is the member's journey in the toy world (a model that really learns): besides every step,
+    its scores must show the character being learned."""
     from safetensors import safe_open
 
     stale = tmp_path / "data" / "demo" / "users" / "0" / "Stale"
     stale.mkdir(parents=True)  # a demo starts from nothing: an earlier demo's leftovers are removed
-    summary = ok_json(tmp_path, "demo", timeout=300)  # the whole journey: about a minute on 2 cores
+    summary = ok_json(tmp_path, "demo", timeout=600)  # the whole journey: a few minutes on 2 cores
     assert summary["ok"] is True, summary
     steps = {step["step"].split(" #")[0]: step for step in summary["steps"]}
-    assert list(steps) == ["tiny models written", "project created", "pictures added", "tagging job",
+    assert list(steps) == ["toy world models", "project created", "pictures added", "tagging job",
                            "curated: the character's fixed traits pruned", "reg pictures job", "training job",
                            "sample grids job", "scores and recommendation", "the LoRA to download"]
-    assert Path(steps["tiny models written"]["sd15"], "model_index.json").is_file()
+    assert Path(steps["toy world models"]["sd15"], "model_index.json").is_file()
     project = Path(steps["project created"]["folder"])
-    assert steps["pictures added"]["accepted"] == 8 and "not a picture" in steps["pictures added"]["refused"]
-    assert steps["reg pictures job"]["rendered"] == 4 and len(list((project / "reg").glob("*.png"))) == 4
+    assert steps["pictures added"]["accepted"] == 12 and "not a picture" in steps["pictures added"]["refused"]
+    # The toy tagger finds XingBar's traits; the suggestions (and his outfit) are pruned.
+    assert set(steps["curated: the character's fixed traits pruned"]["removed"]) == {
+        "purple hair", "yellow eyes", "slim", "striped shirt"}
+    assert steps["reg pictures job"]["rendered"] == 12 and len(list((project / "reg").glob("*.png"))) == 12
     assert "queued by the training" in next(s["step"] for s in summary["steps"] if s["step"].startswith("sample"))
     assert (project / "samples" / "heatmap.png").is_file() and "Epoch" in steps["scores and recommendation"]["advice"]
-    lora = Path(steps["the LoRA to download"]["file"])
+    lora = Path(summary["files"]["lora"])
+    assert lora == Path(steps["the LoRA to download"]["file"])
     with safe_open(lora, "np") as handle:
         assert all(key.startswith(("lora_unet_", "lora_te_")) for key in handle.keys())
+    assert summary["files"]["pictures"] and all(Path(p).is_file() for p in summary["files"]["pictures"])
     assert Path(summary["data_dir"]) == tmp_path / "data" / "demo" and not stale.exists()
+
+    scores, best = summary["scores"], summary["recommended"]
+    assert {(s["epoch"], s["weight"]) for s in scores} == {(e, w) for e in range(1, 7) for w in (0, 0.4, 0.7, 1.0)}
+    by_cell = {(s["epoch"], s["weight"]): s for s in scores}
+    assert by_cell[(best["epoch"], best["weight"])] == best and best["weight"] > 0
+    # The base model never saw XingBar; the LoRA brings him (measured: 0 % at weight 0, 58 % at epoch 6,
+    # weight 1). How far short of the issue's goals the rest falls is in bench/toy_quality.py.
+    base = max(s["fidelity"] for s in scores if s["weight"] == 0)
+    assert base <= 0.15
+    assert max(by_cell[(epoch, 1.0)]["fidelity"] for epoch in range(1, 7)) >= base + 0.25
 
 
 def test_images_add_tag_and_tags_from_the_command_line(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.samples.grid import draw_grid, encode_for_discord
+from engine.samples.grid import draw_grid, encode_for_discord, fit_cell
 
 WEIGHTS = ["0", "0.4", "0.6", "0.8", "1.0"]
 
@@ -67,3 +67,16 @@ def test_fits_discord_or_splits_into_parts() -> None:
     assert [r for p in parts for r in p.rows] == list(range(6)), "every row exactly once, in order"
     for part in parts:
         Image.open(io.BytesIO(part.data)).verify()
+
+
+def test_small_samples_fill_the_cell_as_crisp_blocks() -> None:
+    small = cell_image(1, 2, size=64)
+    big = fit_cell(small, 256)
+    assert big.size == (256, 256)
+    # Nearest-neighbour ×4: each sample pixel is a 4×4 block of exactly its colour.
+    assert np.array_equal(np.asarray(big)[::4, ::4], np.asarray(small))
+    assert np.array_equal(np.asarray(big)[3::4, 3::4], np.asarray(small))
+    assert fit_cell(cell_image(0, 0, size=512), 256).size == (256, 256)   # large ones shrink
+    assert fit_cell(cell_image(0, 0, size=200), 256).size == (200, 200)   # under ×2: left as it is
+    image = draw_grid([[small]], row_labels=["epoch 1"], col_labels=["1"], title="t", cell=256)
+    assert image.width == 256 // 2 + 16 + 256

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from engine.samples.scores import (
-    CellScore, fidelity, leak, pixel_distance, recommend, tag_distance,
+    CellScore, fidelity, leak, pixel_distance, recommend, scored_tags, tag_distance,
 )
 
 
@@ -19,6 +19,16 @@ def test_fidelity_is_the_share_of_character_tags_found() -> None:
     assert fidelity(["long hair", "Brown Eyes", "shirt"], traits) == 0.5
     assert fidelity([], traits) == 0.0 and fidelity(traits, traits) == 1.0
     assert fidelity(["anything"], []) == 0.0
+
+
+def test_scored_tags_leave_out_what_the_base_model_draws_anyway() -> None:
+    pruned = ["purple hair", "yellow eyes"]
+    frequent = ["1boy", "solo", "striped shirt", "purple hair"]
+    base = [["1boy", "solo", "red hair"], ["1boy", "solo", "blue hair"], ["1girl", "solo", "Purple Hair"]]
+    # 1boy (2 of 3) and solo (3 of 3) come at weight 0 anyway; a pruned trait counts even when it does.
+    assert scored_tags(pruned, frequent, base) == ["purple hair", "yellow eyes", "striped shirt"]
+    assert scored_tags(pruned, frequent, []) == ["purple hair", "yellow eyes", "1boy", "solo", "striped shirt"]
+    assert scored_tags([], frequent, base, min_share=1.0) == ["1boy", "striped shirt", "purple hair"]
 
 
 def test_pixel_distance_on_known_images() -> None:

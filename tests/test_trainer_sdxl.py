@@ -245,9 +245,10 @@ async def engine(config: Config, tiny: TinyModelPaths):
 
 async def test_plan_and_start_use_the_chosen_familys_model(engine: Engine, tiny: TinyModelPaths) -> None:
     default = await engine.training.plan(ALICE_ACTOR, "XingBar30", {})
-    assert (default.family, default.options.resolution) == ("sd15", 512)
+    # Each family's preset, at the base model's own resolution (the tiny models are 64 px models).
+    assert (default.family, default.options.resolution, default.options.network_dim) == ("sd15", 64, 16)
     xl = await engine.training.plan(ALICE_ACTOR, "XingBar30", {"epochs": "2"}, family="sdxl")
-    assert (xl.family, xl.options.resolution, xl.options.network_dim, xl.options.epochs) == ("sdxl", 1024, 8, 2)
+    assert (xl.family, xl.options.resolution, xl.options.network_dim, xl.options.epochs) == ("sdxl", 64, 8, 2)
 
     job = await engine.training.start(ALICE_ACTOR, "XingBar30", {}, family="SDXL")
     params = (await job_rows.get(engine._db, job.id)).params

@@ -16,7 +16,6 @@ from bot.render import clip, job_embed
 from bot.sample_posts import post_results
 from bot.train_views import AdvancedOptionsModal, parse_settings
 from engine.errors import NotFound
-from engine.training.options import preset
 from engine.training_api import PlannedTraining
 
 
@@ -85,7 +84,7 @@ class TrainingCog(LoraCog):
         show_plan = functools.partial(self.show_plan, project=project, family=model)
         if advanced:
             found = await self.engine.get_project(actor_of(interaction), project)  # fail before the form opens
-            defaults = preset(model or self.engine.config.models.default_family)
+            defaults = self.engine.training.defaults(model)
             await interaction.response.send_modal(AdvancedOptionsModal(found.name, defaults, overrides, show_plan))
             return
         await show_plan(interaction, overrides)

@@ -4,8 +4,8 @@ recommended epoch and weight; labelled grids sized for Discord (one per prompt, 
 map of the scores, and the recommended epoch shown on the configured extra base models. Everything is
 written to the project's samples/, described by samples/scores.json.
 
-params: base_model, name, trigger, class_name, character_tags, tagger (TagOptions fields), weights,
-seeds, steps, size (0 = the family's training resolution), max_bytes, max_leak, extra_models, and
+params: base_model, name, trigger, class_name, frequent_tags (in half the dataset's captions or more), pruned_tags, tagger (TagOptions fields), weights,
+seeds, steps, guidance, size (0 = the base model's training resolution), max_bytes, max_leak, extra_models, and
 prediction (optional: the base model's forced prediction type, as for training)."""
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from engine.models.inference import preferred_device, release_gpu_memory
 from engine.samples.grid import GridImage
 from engine.samples.heatmap import heatmap_png
 from engine.samples.render import Sample, SampleRenderer, SampleSpec, default_prompts, file_grid, grids
-from engine.samples.scores import CellScore, Recommendation, fidelity, leak, pixel_distance, recommend, tag_distance
+from engine.samples.scores import (
+    CellScore, Recommendation, fidelity, leak, pixel_distance, recommend, scored_tags, tag_distance)
 from engine.tagging import TaggerError
 from engine.tagging.model import Tagger
 from engine.tagging.options import TagOptions
@@ -61,11 +62,12 @@ def _run(ctx: JobContext) -> dict[str, Any]:
     total = 4 + len(extra_models)
     ctx.progress(0, total, "loading the base model")
     info = resolve_base_model(params["base_model"], prediction=params.get("prediction"))
-    size = params["size"] or preset(info.family).resolution
+    size = params["size"] or preset(info.family, info.resolution).resolution
     prompts, controls = default_prompts(params["trigger"], params["class_name"])
     newest = next(reversed(files.values()))
     spec = SampleSpec(prompts=prompts, control_prompts=controls, weights=params["weights"], seeds=params["seeds"],
-                      steps=params["steps"], size=(size, size), clip_skip=lora_files.lora_clip_skip(newest))
+                      steps=params["steps"], guidance=params.get("guidance", 7.0), size=(size, size),
+                      clip_skip=lora_files.lora_clip_skip(newest))
     spec.check()
     device = preferred_device()
     renderer = SampleRenderer(info, device=device)
@@ -75,7 +77,11 @@ def _run(ctx: JobContext) -> dict[str, Any]:
     release_gpu_memory()  # one GPU: the tagger and the extra models come next
     ctx.progress(2, total, "reading the samples with the tagger")
     tags = _tag_samples(samples, TagOptions.from_params(params["tagger"]))
-    scores = _scores(samples, tags, params["character_tags"])
+    # Jobs queued before "frequent_tags" carry "character_tags" (pruned + frequent): the same tags.
+    frequent = params.get("frequent_tags", params.get("character_tags", []))
+    character_tags = scored_tags(params.get("pruned_tags", []), frequent,
+                                 [t for s, t in zip(samples, tags, strict=True) if s.weight == 0 and not s.is_control])
+    scores = _scores(samples, tags, character_tags)
     choice = recommend(scores, max_leak=params["max_leak"])
 
     folder = ctx.project_dir / "samples"
@@ -84,7 +90,7 @@ def _run(ctx: JobContext) -> dict[str, Any]:
     report: dict[str, Any] = {
         "scores": [dataclasses.asdict(s) for s in scores],
         "recommended": {"epoch": choice.epoch, "weight": choice.weight}, "explanation": choice.explanation,
-        "max_leak": params["max_leak"], "base_model": params["base_model"],
+        "max_leak": params["max_leak"], "base_model": params["base_model"], "character_tags": character_tags,
         # What was sampled, so a later training's files are not mistaken for these.
         "sampled_files": {str(epoch): file_sha256(files[_label(epoch)]) for epoch in sorted({s.epoch for s in scores})},
         "grids": _write(ctx, folder, "grid", grids(samples, title=name, max_bytes=max_bytes)),

@@ -60,6 +60,9 @@ class BaseModelInfo:
     source: Source
     path: Path | None         # the diffusers folder (also for a Hub id: its cached snapshot) or the file
     prediction: Prediction    # what the UNet predicts: noise (epsilon) or velocity (v_prediction)
+    # The picture side the model was made for, where its configs tell (diffusers folders): 512 for SD1.5,
+    # 768 for SD 2.x-768, 64 for the toy world. None: the family's usual resolution.
+    resolution: int | None = None
 
 
 def resolve_base_model(spec: str, *, cache_dir: str = "", prediction: str | None = None) -> BaseModelInfo:
@@ -73,7 +76,7 @@ def resolve_base_model(spec: str, *, cache_dir: str = "", prediction: str | None
     path = Path(spec).expanduser()
     if path.is_dir():
         family, found = _inspect_folder(path, spec)
-        return BaseModelInfo(spec, family, "diffusers", path, _pick(prediction, found))
+        return BaseModelInfo(spec, family, "diffusers", path, _pick(prediction, found), native_resolution(path))
     if path.is_file():
         family, found = _inspect_single_file(path)
         return BaseModelInfo(spec, family, "single_file", path, _pick(prediction, found))
@@ -86,7 +89,7 @@ def resolve_base_model(spec: str, *, cache_dir: str = "", prediction: str | None
         raise SetupError(f"the Hugging Face repo {spec} is not in diffusers layout (no model_index.json): "
                          "download its .safetensors checkpoint and set [models] sd15 or sdxl to that file")
     family, found = _inspect_folder(folder, spec)
-    return BaseModelInfo(spec, family, "hub", folder, _pick(prediction, found))
+    return BaseModelInfo(spec, family, "hub", folder, _pick(prediction, found), native_resolution(folder))
 
 
 def _pick(asked: str | None, found: Prediction) -> Prediction:
@@ -126,6 +129,20 @@ def _inspect_folder(folder: Path, spec: str) -> tuple[Family, Prediction]:
         raise SetupError(f"base model {spec} predicts {found!r} (scheduler/scheduler_config.json); lorabake "
                          f"trains {' or '.join(PREDICTIONS)} models only")
     return family, found
+
+
+def native_resolution(folder: Path) -> int | None:
+    """The UNet's latent side times the VAE's downscaling (2 per encoder block after the first), or None
+    when the configs do not say."""
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+        vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
+        side, blocks = unet["sample_size"], len(vae["block_out_channels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if isinstance(side, list):   # some configs give (height, width)
+        side = side[0]
+    return int(side) * 2 ** (blocks - 1) if isinstance(side, int) and side > 0 and blocks > 0 else None
 
 
 # --- single checkpoint files -----------------------------------------------------------------------

@@ -61,10 +61,20 @@ def draw_grid(cells: Sequence[Sequence[Image.Image]], *, row_labels: Sequence[st
         y = title_height + header_height + r * cell
         _wrap_label(draw, label, font, (PADDING, y + PADDING), label_width - 2 * PADDING, cell - 2 * PADDING)
         for c, image in enumerate(row):
-            thumb = image.convert("RGB")
-            thumb.thumbnail((cell, cell), Image.Resampling.LANCZOS)
+            thumb = fit_cell(image.convert("RGB"), cell)
             canvas.paste(thumb, (label_width + c * cell + (cell - thumb.width) // 2, y + (cell - thumb.height) // 2))
     return canvas
+
+
+def fit_cell(image: Image.Image, cell: int) -> Image.Image:
+    """The picture sized to fit a `cell`-px square: larger ones shrunk (Lanczos); small ones (a 64 px
+    sample) enlarged by a whole factor with nearest-neighbour, so every pixel stays a crisp block."""
+    factor = cell // max(image.size)
+    if factor >= 2:
+        return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+    image = image.copy()
+    image.thumbnail((cell, cell), Image.Resampling.LANCZOS)
+    return image
 
 
 def _wrap_label(draw: ImageDraw.ImageDraw, text: str, font, origin: tuple[int, int], width: int, height: int) -> None:

@@ -1,7 +1,8 @@
 """Numbers for "is this LoRA good, and at which epoch and weight?".
 
 - Fidelity (trigger prompts): the share of the character's tags — the traits the member pruned, and the
-  dataset's frequent tags — that the tagger finds in the sample. High = the character comes through.
+  dataset's frequent tags that the base model does not draw anyway — that the tagger finds in the sample.
+  High = the character comes through.
 - Leak (control prompts, no trigger): how far a sample moved from the same prompt and seed at weight 0,
   in pixels and in tags. High = the LoRA bends prompts that never asked for the character.
 The recommendation: the best fidelity among the cells whose leak stays under the threshold."""
@@ -20,6 +21,21 @@ def fidelity(found: Iterable[str], character_tags: Iterable[str]) -> float:
     if not wanted:
         return 0.0
     return len(wanted & {tag.lower() for tag in found}) / len(wanted)
+
+
+def scored_tags(pruned: Sequence[str], frequent: Sequence[str], base_samples: Sequence[Iterable[str]],
+                *, min_share: float = 0.5) -> list[str]:
+    """The tags fidelity looks for: every pruned trait, and the dataset's frequent tags except those the
+    base model draws anyway for the trigger prompts (found in at least `min_share` of the weight-0
+    samples: `solo`, `1boy`…), which say nothing about the character coming through."""
+    counts: dict[str, int] = {}
+    for found in base_samples:
+        for tag in {t.lower() for t in found}:
+            counts[tag] = counts.get(tag, 0) + 1
+    anyway = {tag for tag, n in counts.items() if base_samples and n / len(base_samples) >= min_share}
+    keep = list(pruned)
+    keep += [tag for tag in frequent if tag not in keep and tag.lower() not in anyway]
+    return keep
 
 
 def pixel_distance(image: Image.Image, base: Image.Image) -> float:

@@ -74,10 +74,19 @@ _PRESETS: dict[str, TrainOptions] = {
 }
 
 
-def preset(family: str) -> TrainOptions:
+def preset(family: str, resolution: int | None = None) -> TrainOptions:
+    """The family's kohya-colab defaults; at `resolution` (the base model's own, when it differs from the
+    family's usual one: an SD 2.x 768 model, the toy world's 64 px) with the buckets scaled alike."""
     if family not in _PRESETS:
         raise Invalid(f"no training preset for model family {family!r} (known: {', '.join(FAMILIES)})")
-    return _PRESETS[family]
+    options = _PRESETS[family]
+    if not resolution or resolution == options.resolution or resolution % 64:
+        return options
+    ratio = resolution / options.resolution
+    return dataclasses.replace(
+        options, resolution=resolution, bucket_min=max(64, round(options.bucket_min * ratio / 64) * 64),
+        bucket_max=max(resolution, round(options.bucket_max * ratio / 64) * 64),
+        bucket_step=max(8, round(options.bucket_step * ratio / 8) * 8))
 
 
 # --- what members may set, and to what ---------------------------------------------------------------

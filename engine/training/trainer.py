@@ -401,7 +401,9 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
             flips = [opts.flip_aug and rng.random() < 0.5 for _ in batch]
             captions = []
             for sample in batch:
-                caption = data.with_trigger(sample.item.caption, spec.trigger)
+                # Reg pictures teach what the class looks like without the character (sd-scripts trains
+                # them on their class captions alone): with the trigger on them, it would mean any of the class.
+                caption = sample.item.caption if sample.is_reg else data.with_trigger(sample.item.caption, spec.trigger)
                 if opts.shuffle_captions:
                     caption = data.shuffle_caption(caption, opts.keep_tokens, rng)
                 captions.append(caption)
