@@ -13,7 +13,7 @@ from PIL import Image
 from engine.curation.collision import SYLLABLES, check_trigger, common_words, tagger_tag_names
 from engine.curation.export import ExportError, export_project
 from engine.curation.suggest import suggest_traits, trait_category
-from engine.devtools.tiny_models import _write_clip_tokenizer, write_tiny_tagger
+from engine.devtools.tiny_models import write_clip_tokenizer, write_tiny_tagger
 from engine.errors import Invalid
 from engine.tagging.analyze import analyze
 from engine.tagging.model import load_tags
@@ -86,7 +86,7 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny byte-level CLIP tokenizer plus merges that make "xing" and "cat" whole-word tokens,
     as the real vocabulary has them; "xingbar" then still falls apart into pieces."""
     folder = tmp_path_factory.mktemp("clip") / "tokenizer"
-    _write_clip_tokenizer(folder)
+    write_clip_tokenizer(folder)
     vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
     for token in ("xi", "xin", "xing</w>", "ca", "cat</w>"):
         vocab[token] = len(vocab)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,11 +56,15 @@ def _clip_vocab() -> dict[str, int]:
     return {token: i for i, token in enumerate(tokens)}
 
 
-def _write_clip_tokenizer(folder: Path) -> None:
-    """Write the files a real SD checkpoint ships in tokenizer/ (no tokenizer.json, like SD1.5's repo)."""
+def write_clip_tokenizer(folder: Path, vocab: dict[str, int] | None = None,
+                         merges: Sequence[tuple[str, str]] = ()) -> None:
+    """Write the files a real SD checkpoint ships in tokenizer/ (no tokenizer.json, like SD1.5's repo):
+    by default CLIP's byte vocabulary with no merges; the toy world passes its own vocabulary and merges."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(_clip_vocab(), ensure_ascii=False), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    vocab = _clip_vocab() if vocab is None else vocab
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+                                       encoding="utf-8")
     specials = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": EOS_TOKEN, "unk_token": EOS_TOKEN}
     (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2), encoding="utf-8")
     config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": MODEL_MAX_LENGTH, **specials}
@@ -106,8 +111,9 @@ def _tiny_vae(*, scaling_factor: float) -> AutoencoderKL:
     )
 
 
-def _save_pipeline(pipeline: DiffusionPipeline, folder: Path, tokenizer_folders: tuple[str, ...]) -> None:
-    """Save in safetensors, then swap in our hand-written tokenizer files for the generated ones.
+def save_pipeline(pipeline: DiffusionPipeline, folder: Path, tokenizer_folders: tuple[str, ...],
+                  write_tokenizer: Callable[[Path], object] = write_clip_tokenizer) -> None:
+    """Save in safetensors, then swap in hand-written tokenizer files for the generated ones.
 
     `save_pretrained` would write tokenizer.json plus a config with loader leftovers (`is_local`…);
     the hand-written files are what real checkpoints ship and they load through the same class.
@@ -115,7 +121,7 @@ def _save_pipeline(pipeline: DiffusionPipeline, folder: Path, tokenizer_folders:
     pipeline.save_pretrained(folder, safe_serialization=True)
     for name in tokenizer_folders:
         shutil.rmtree(folder / name)
-        _write_clip_tokenizer(folder / name)
+        write_tokenizer(folder / name)
 
 
 def _write_sd15(folder: Path, seed: int) -> None:
@@ -123,7 +129,7 @@ def _write_sd15(folder: Path, seed: int) -> None:
     from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    _write_clip_tokenizer(folder / "tokenizer")
+    write_clip_tokenizer(folder / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     # Seed before each model so that one model's shape cannot shift another's weights.
     torch.manual_seed(seed)
@@ -162,7 +168,7 @@ def _write_sd15(folder: Path, seed: int) -> None:
         image_encoder=None,
         requires_safety_checker=False,
     )
-    _save_pipeline(pipeline, folder, ("tokenizer",))
+    save_pipeline(pipeline, folder, ("tokenizer",))
 
 
 def _write_sdxl(folder: Path, seed: int) -> None:
@@ -170,7 +176,7 @@ def _write_sdxl(folder: Path, seed: int) -> None:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    _write_clip_tokenizer(folder / "tokenizer")
+    write_clip_tokenizer(folder / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -218,7 +224,7 @@ def _write_sdxl(folder: Path, seed: int) -> None:
         # Not saved in the config; False keeps saving from needing invisible-watermark.
         add_watermarker=False,
     )
-    _save_pipeline(pipeline, folder, ("tokenizer", "tokenizer_2"))
+    save_pipeline(pipeline, folder, ("tokenizer", "tokenizer_2"))
 
 
 # --- WD14-style tagger ------------------------------------------------------------------------------

@@ -4,9 +4,10 @@ recommended epoch and weight; labelled grids sized for Discord (one per prompt, 
 map of the scores, and the recommended epoch shown on the configured extra base models. Everything is
 written to the project's samples/, described by samples/scores.json.
 
-params: base_model, name, trigger, class_name, frequent_tags (in half the dataset's captions or more), pruned_tags, tagger (TagOptions fields), weights,
-seeds, steps, guidance, size (0 = the base model's training resolution), max_bytes, max_leak, extra_models, and
-prediction (optional: the base model's forced prediction type, as for training)."""
+params: base_model, name, trigger, class_name, frequent_tags (in half the dataset's captions or more),
+pruned_tags, tagger (TagOptions fields), weights, seeds, steps, guidance, size (0 = the base model's
+training resolution), max_bytes, max_leak, extra_models, and prediction (optional: the base model's forced
+prediction type, as for training)."""
 from __future__ import annotations
 
 import dataclasses

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.devtools.tiny_models import save_pipeline
 from engine.devtools.toy_world import tagger as toy_tagger
 from engine.devtools.toy_world import world
 from engine.devtools.toy_world.fit import descend, one_cycle_adamw
@@ -378,9 +379,7 @@ def _train_base(folder: Path, vae: Any, latents: Any, figures: list[world.Figure
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=ddim, safety_checker=None, feature_extractor=None, image_encoder=None,
                                    requires_safety_checker=False)
-    pipe.save_pretrained(folder, safe_serialization=True)
-    shutil.rmtree(folder / "tokenizer")
-    write_toy_tokenizer(folder / "tokenizer")   # the hand-written files, as real checkpoints ship them
+    save_pipeline(pipe, folder, ("tokenizer",), write_toy_tokenizer)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

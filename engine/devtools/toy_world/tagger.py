@@ -25,7 +25,6 @@ _POOL = TAGGER_SIZE // world.SIZE   # 448 / 64 = 7
 _RATINGS = (("general", 4.0), ("sensitive", -4.0), ("questionable", -6.0), ("explicit", -8.0))
 _CHANNELS = (16, 32, 64)
 _HIDDEN = 128
-THRESHOLD = 0.35   # WD14's general threshold, which the tagging job uses by default
 
 
 def csv_name(tag: str) -> str:
@@ -156,18 +155,20 @@ def _onnx(net: Any) -> bytes:
 
 
 class ToyReader:
-    """Reads a picture's attributes with the toy tagger, through the real Tagger and preprocessing."""
+    """Reads a picture's attributes with the toy tagger, as the tagging job does: the real Tagger,
+    preprocessing and Captioner (thresholds, underscores), with the job's default options."""
 
     def __init__(self, folder: Path) -> None:
         from engine.tagging.model import Tagger
+        from engine.tagging.options import TagOptions
+        from engine.tagging.tags import Captioner
 
         self.tagger = Tagger.open(str(folder), "")
-        names = [name.replace("_", " ") for name in self.tagger.table.names]
-        self._index = {name: i for i, name in enumerate(names)}
+        self._captioner = Captioner(self.tagger.table, TagOptions(model=str(folder), include_ratings=False))
 
     def tags(self, image: Image.Image) -> set[str]:
         probabilities = self.tagger.predict(prepare(image, self.tagger.size)[None])[0]
-        return {name for name, i in self._index.items() if probabilities[i] >= THRESHOLD}
+        return set(self._captioner.tags(probabilities))
 
     def read(self, image: Image.Image) -> dict[str, str | None]:
         """attribute → the value whose tag is found (None when none or several are)."""

@@ -8,15 +8,12 @@ has not seen.
 """
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import Path
 
-from engine.devtools.tiny_models import BOS_TOKEN, EOS_TOKEN, _bytes_to_unicode
+from engine.devtools.tiny_models import BOS_TOKEN, EOS_TOKEN, _bytes_to_unicode, write_clip_tokenizer
 from engine.devtools.toy_world.world import all_tags
-
-MODEL_MAX_LENGTH = 77
 
 
 def world_words() -> list[str]:
@@ -54,18 +51,11 @@ def learn_merges(words: list[str]) -> list[tuple[str, str]]:
 
 def write_toy_tokenizer(folder: Path) -> int:
     """Writes the tokenizer files into `folder`; returns the vocabulary size."""
-    folder.mkdir(parents=True, exist_ok=True)
     chars = _bytes_to_unicode()
     merges = learn_merges(world_words())
     tokens = [*chars, *(c + "</w>" for c in chars)]
     tokens += [a + b for a, b in merges if a + b not in tokens]
     tokens += [BOS_TOKEN, EOS_TOKEN]
     vocab = {token: i for i, token in enumerate(tokens)}
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
-                                       encoding="utf-8")
-    specials = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": EOS_TOKEN, "unk_token": EOS_TOKEN}
-    (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2), encoding="utf-8")
-    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": MODEL_MAX_LENGTH, **specials}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    write_clip_tokenizer(folder, vocab, merges)
     return len(vocab)
