@@ -5,7 +5,9 @@ jobs), in variants side by side:
 - recipe:        traits pruned, reg pictures, the demo's training (engine/devtools/toy_world/journey.py);
 - traits kept:   the same with the traits left in the captions (the seed's lesson: the trigger learns less);
 - no reg:        the recipe without reg pictures;
-- overtrained:   the recipe at 5× both learning rates (the LoRA "bends everything").
+- reg class:     reg pictures trained on the class alone (reg_captions = class) instead of their tags;
+- overtrained:   the recipe at 5× the repeats, so 5× the steps (the LoRA "bends everything"); its learning
+                 rates are already the most the options allow.
 
 For each: the samples job's fidelity / leak table per epoch and weight, its recommended cell, and the
 trigger-only fidelity (prompt = the trigger word alone, `--seeds` seeds, read by the toy tagger: the share
@@ -13,7 +15,7 @@ of XingBar's four traits drawn) at the recommended cell and at the last epoch at
 
     .venv/bin/python -m bench.toy_quality [--variants recipe,traits-kept] [--seeds 16] [--keep DIR]
 
-About 3 minutes per variant on 2 cores. Ends with one JSON line of the headline figures.
+About 4–5 minutes per variant on 2 cores (overtrained: 12). Ends with one JSON line of the headline figures.
 """
 from __future__ import annotations
 
@@ -33,12 +35,13 @@ from engine.devtools.toy_world import CHARACTER, GUIDANCE, journey, shipped
 from engine.records import Actor
 
 ACTOR = Actor(0, "bench", is_admin=True)
-_OVERTRAINED = {**journey.TRAINING, "unet_lr": "1e-2", "text_encoder_lr": "2e-3"}
 VARIANTS = {
     "recipe": journey.Variant("recipe"),
     "traits-kept": journey.Variant("traits-kept", prune=False),
     "no-reg": journey.Variant("no-reg", reg_pictures=0),
-    "overtrained": journey.Variant("overtrained", training=_OVERTRAINED),
+    "reg-class": journey.Variant("reg-class", training={**journey.TRAINING, "reg_captions": "class"}),
+    "overtrained": journey.Variant("overtrained", training={
+        **journey.TRAINING, "repeats": str(5 * int(journey.TRAINING["repeats"]))}),
 }
 
 

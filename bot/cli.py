@@ -340,9 +340,13 @@ async def _train(engine: Engine, args: argparse.Namespace) -> int:
             raise Invalid(f"--set {item}: use KEY=VALUE, e.g. --set epochs=8")
         overrides[key.strip()] = value.strip()
     planned = await engine.training.plan(_actor(args), args.project, overrides, family=args.model)
-    plan_text = "\n".join(planned.plan.explanation)
+    plan_text = "\n".join([*planned.plan.explanation, *(
+        f"A {which} picture is trained on: {caption or '(no caption)'}"
+        for which, caption in (("training", planned.example_captions.get("train")),
+                               ("reg", planned.example_captions.get("reg"))) if caption is not None)])
     if args.plan_only:
-        _emit(args, {"plan": asdict(planned.plan), "options": planned.options.to_dict()}, plan_text)
+        _emit(args, {"plan": asdict(planned.plan), "options": planned.options.to_dict(),
+                     "example_captions": planned.example_captions}, plan_text)
         return 0
 
     def start() -> Awaitable[Job]:

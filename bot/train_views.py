@@ -19,7 +19,8 @@ ADVANCED_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
                         "prior_loss_weight")),
     ("network", "Network and pictures", ("network_dim", "network_alpha", "resolution", "batch_size", "bucket_min",
                               "bucket_max", "bucket_step")),
-    ("captions", "Captions and augmentation", ("keep_tokens", "shuffle_captions", "flip_aug", "clip_skip")),
+    ("captions", "Captions and augmentation", ("keep_tokens", "shuffle_captions", "flip_aug", "clip_skip",
+                                                            "reg_captions")),
     ("saving", "Saving and precision", ("save_every_n_epochs", "keep_last_n", "seed", "mixed_precision",
                               "gradient_checkpointing")),
 )

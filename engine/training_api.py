@@ -16,6 +16,7 @@ from engine.models import resolve_base_model
 from engine.models.base import native_resolution
 from engine.records import Actor, Job
 from engine.samples.report import SampleResults, read_report, sample_results, samples_match
+from engine.training.data import example_captions
 from engine.training.lora_files import epoch_files, epoch_number, trained_family
 from engine.training.options import TrainOptions, apply_overrides, preset
 from engine.training.plan import TrainPlan, make_plan, refuse_if_too_long
@@ -54,6 +55,7 @@ class PlannedTraining:
     options: TrainOptions
     plan: TrainPlan
     uncaptioned: int
+    example_captions: dict[str, str]    # "train" (and "reg" with reg pictures): one caption as trained
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +91,7 @@ class TrainingAPI:
         train = [p for p in pictures if p.kind == "train"]
         if not train:
             raise Invalid(f"{row.name} has no training pictures yet: add some with /lora upload")
-        captions = await image_rows.captions(engine._db, row.id, "train")
+        captions = await image_rows.captions(engine._db, row.id)
         models = engine.config.models
         info = await asyncio.to_thread(resolve_base_model, models.spec_for(family),
                                        prediction=models.prediction_for(family))
@@ -103,7 +105,14 @@ class TrainingAPI:
         plan = make_plan(options, train_images=len(train), reg_images=len(pictures) - len(train),
                          seconds_per_step=seconds, speed_source=source)
         refuse_if_too_long(plan, options.max_train_steps_cap)
-        return PlannedTraining(row.name, info.family, options, plan, len(train) - len(captions))
+        reg = [p for p in pictures if p.kind == "reg"]
+        # The first picture of each folder in the trainer's order (file names), as the model will read it.
+        examples = example_captions(
+            captions.get(min(train, key=lambda p: p.filename).id, ""),
+            captions.get(min(reg, key=lambda p: p.filename).id, "") if reg else None,
+            row.trigger, row.class_name, options.reg_captions)
+        uncaptioned = sum(p.id not in captions for p in train)
+        return PlannedTraining(row.name, info.family, options, plan, uncaptioned, examples)
 
     def defaults(self, family: str | None) -> TrainOptions:
         """The options a training starts from: the family's preset at the base model's own resolution, read
@@ -119,7 +128,8 @@ class TrainingAPI:
         row = await self._engine.own_project_row(actor, project)
         models = self._engine.config.models
         params = {"base_model": models.spec_for(planned.family), "prediction": models.prediction_for(planned.family),
-                  "options": planned.options.to_dict(), "trigger": row.trigger, "name": row.name}
+                  "options": planned.options.to_dict(), "trigger": row.trigger, "class_name": row.class_name,
+                  "name": row.name}
         return await self._engine.enqueue(actor, "train", row.name, params)
 
     async def _seconds_per_step(self, options: TrainOptions) -> tuple[float, str]:

@@ -372,6 +372,8 @@ def test_train_plan_and_run_from_the_command_line(tmp_path: Path) -> None:
             "--set", "epochs=1", "--set", "batch_size=2", "--set", "network_dim=4", "--set", "network_alpha=2"]
     planned = ok_json(tmp_path, "train", "XingBar30", *tiny, "--plan-only")
     assert planned["plan"]["total_steps"] == 1 and planned["options"]["network_dim"] == 4
+    # Not tagged yet, no reg pictures: the model would read the trigger alone.
+    assert planned["example_captions"] == {"train": "XingBar"}
     wrong = lorabake(tmp_path, "train", "XingBar30", "--set", "epochs=0")
     assert wrong.returncode == 1 and "epochs must be between" in wrong.stderr
     job = ok_json(tmp_path, "train", "XingBar30", *tiny, timeout=180)

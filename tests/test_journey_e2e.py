@@ -63,6 +63,8 @@ async def test_from_a_new_project_to_the_downloaded_lora(studio: Studio) -> None
     plan = await ask(studio, ALICE, "lora train", {"project": "XingBar30", "epochs": 2, "repeats": 1,
                                                    "settings": TINY})
     assert "4 (+2 reg)" in text_of(plan)
+    assert "Training picture: `XingBar, " in text_of(plan)
+    assert "Reg picture: `" in text_of(plan) and "Reg picture: `XingBar" not in text_of(plan)
     [start] = custom_ids(plan)
     await (await studio.fake.click(ALICE, plan["id"], start)).acked()
     trained = await studio.fake.wait_for_message(ended(plan["id"]), timeout=180)
@@ -81,5 +83,9 @@ async def test_from_a_new_project_to_the_downloaded_lora(studio: Studio) -> None
     with safe_open(output / name, "np") as lora:
         metadata = lora.metadata()
         assert metadata["ss_num_reg_images"] == "2" and metadata["ss_num_train_images"] == "4"
-        [frequency] = json.loads(metadata["ss_tag_frequency"]).values()
+        folders = json.loads(metadata["ss_tag_frequency"])
+        [train_folder] = [name for name in folders if name.endswith("_XingBar30")]
+        assert set(folders) == {train_folder, "1_man"}, "the reg folder is counted, as sd-scripts does"
+        assert folders["1_man"] and "XingBar" not in folders["1_man"], "reg captions carry no trigger"
+        frequency = folders[train_folder]
         assert trait not in frequency and "XingBar" in frequency, "the pruned trait is left to the trigger"

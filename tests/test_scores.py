@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from engine.samples.scores import (
-    CellScore, fidelity, leak, pixel_distance, recommend, scored_tags, tag_distance,
+    CellScore, character_gain, fidelity, leak, pixel_distance, recommend, scored_tags,
 )
 
 
@@ -39,11 +39,15 @@ def test_pixel_distance_on_known_images() -> None:
         pixel_distance(flat(0, 8), flat(0, 16))
 
 
-def test_tag_distance_is_one_minus_jaccard() -> None:
-    assert tag_distance(["a", "b"], ["a", "b"]) == 0.0
-    assert tag_distance(["a", "b"], ["b", "c"]) == pytest.approx(1 - 1 / 3)
-    assert tag_distance([], []) == 0.0 and tag_distance(["a"], []) == 1.0
-    assert leak(0.1, 0.4) == 0.4
+def test_character_gain_counts_only_the_character_tags_that_came_in() -> None:
+    traits = ["purple hair", "yellow eyes", "slim", "striped shirt"]
+    base = ["1boy", "red hair", "blue eyes", "slim"]
+    # Tags that merely changed (red → black hair, a new background) are not the character coming in.
+    assert character_gain(["1boy", "black hair", "blue eyes", "slim", "grey background"], base, traits) == 0.0
+    # Purple hair came in; slim was there at weight 0 already and does not count again.
+    assert character_gain(["1boy", "Purple Hair", "blue eyes", "slim"], base, traits) == 0.25
+    assert character_gain(traits, [], traits) == 1.0 and character_gain(traits, [], []) == 0.0
+    assert leak(0.1, 0.4) == 0.4 and leak(0.3, 0.0) == 0.3
 
 
 def grid(*cells: tuple[int, float, float, float]) -> list[CellScore]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 from pathlib import Path
@@ -86,6 +87,28 @@ def test_reg_balancing_counts() -> None:
     one = data.epoch_schedule(train_items, few, 4, seed=1, epoch=1)
     assert one == data.epoch_schedule(train_items, few, 4, seed=1, epoch=1)
     assert one != data.epoch_schedule(train_items, few, 4, seed=1, epoch=2)
+
+
+def test_reg_pictures_are_trained_on_the_class_alone_unless_asked(tmp_path: Path, tiny: Path) -> None:
+    """The reg folder's tag counts in the file are those of the captions the loop trained on."""
+    frequencies = {}
+    for mode in ("class", "tags"):
+        project = _project(tmp_path / mode, n=2, reg=2)
+        train(_spec(project, tiny, class_name="man", options={"epochs": 1, "reg_captions": mode}), lambda _: None)
+        with safe_open(str(project / "output" / "lora.safetensors"), framework="pt") as f:
+            frequencies[mode] = json.loads(f.metadata()["ss_tag_frequency"])
+    assert frequencies["class"] == {"2_lora": {"tok": 2, "tag0": 1, "tag1": 1, "red": 2, "blue": 2},
+                                    "1_man": {"man": 2}}
+    assert frequencies["tags"]["1_man"] == {"tok": 2, "tag0": 1, "tag1": 1, "red": 2, "blue": 2}
+
+
+def test_example_captions_show_what_each_set_is_trained_on() -> None:
+    assert data.example_captions("1boy, red", "1boy, blue", "XingBar", "1boy", "class") == {
+        "train": "XingBar, 1boy, red", "reg": "1boy"}
+    assert data.example_captions("red", "1boy, blue", "XingBar", "1boy", "tags")["reg"] == "1boy, blue"
+    assert data.example_captions("red", None, "XingBar", "1boy", "class") == {"train": "XingBar, red"}
+    # No class to use: the reg picture keeps its own caption rather than being trained on nothing.
+    assert data.example_captions("red", "blue", "XingBar", " ", "class")["reg"] == "blue"
 
 
 def test_caption_shuffle_keeps_first_tags() -> None:

@@ -31,6 +31,10 @@ def plan_embed(planned: PlannedTraining) -> discord.Embed:
     embed.add_field(name="Learning rates", value=f"UNet {options.unet_lr:g}" + (
         f", text encoder {options.text_encoder_lr:g}" if options.train_text_encoder else ", text encoder frozen"))
     embed.add_field(name="Resolution", value=str(options.resolution))
+    embed.add_field(name="What the model reads", inline=False, value=clip("\n".join(
+        f"{which}: `{caption or '(no caption)'}`" for which, caption in (
+            ("Training picture", planned.example_captions.get("train")),
+            ("Reg picture", planned.example_captions.get("reg"))) if caption is not None), 1024))
     if planned.uncaptioned:
         embed.add_field(name="⚠️ No caption", value=f"{planned.uncaptioned} pictures: run /lora tag first", inline=False)
     embed.set_footer(text="Press Start to queue it; one file per epoch is kept so you can pick the best.")

@@ -25,7 +25,7 @@ from engine.samples.grid import GridImage
 from engine.samples.heatmap import heatmap_png
 from engine.samples.render import Sample, SampleRenderer, SampleSpec, default_prompts, file_grid, grids
 from engine.samples.scores import (
-    CellScore, Recommendation, fidelity, leak, pixel_distance, recommend, scored_tags, tag_distance)
+    CellScore, Recommendation, character_gain, fidelity, leak, pixel_distance, recommend, scored_tags)
 from engine.tagging import TaggerError
 from engine.tagging.model import Tagger
 from engine.tagging.options import TagOptions
@@ -195,7 +195,8 @@ def _scores(samples: list[Sample], tags: list[list[str]], character_tags: list[s
         key = (sample.label, sample.weight)
         if sample.is_control:
             reference, reference_tags = base[(sample.prompt, sample.seed)]
-            lk[key].append(leak(pixel_distance(sample.image, reference.image), tag_distance(found, reference_tags)))
+            lk[key].append(leak(pixel_distance(sample.image, reference.image),
+                                 character_gain(found, reference_tags, character_tags)))
         else:
             fid[key].append(fidelity(found, character_tags))
     return [CellScore(int(label.split()[-1]), weight, statistics.fmean(fid[(label, weight)] or [0.0]),

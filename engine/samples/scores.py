@@ -3,8 +3,12 @@
 - Fidelity (trigger prompts): the share of the character's tags — the traits the member pruned, and the
   dataset's frequent tags that the base model does not draw anyway — that the tagger finds in the sample.
   High = the character comes through.
-- Leak (control prompts, no trigger): how far a sample moved from the same prompt and seed at weight 0,
-  in pixels and in tags. High = the LoRA bends prompts that never asked for the character.
+- Leak (control prompts, no trigger): how far a sample moved from the same prompt and seed at weight 0, in
+  pixels (style), and in the character's tags it gained (the LoRA drawing its character where nobody asked).
+  High = the LoRA bends prompts that never asked for the character. Tags that merely changed do not count:
+  any LoRA nudges the sampling path, and whatever the prompt leaves open (a hair colour, a background) then
+  lands elsewhere at random — in the toy world that flipped a tag in most control samples of a LoRA whose
+  control prompts gained no character trait at all, which 1 − Jaccard of the tag sets called 34 % leak.
 The recommendation: the best fidelity among the cells whose leak stays under the threshold."""
 from __future__ import annotations
 
@@ -47,15 +51,18 @@ def pixel_distance(image: Image.Image, base: Image.Image) -> float:
     return float(np.abs(a - b).mean() / 255.0)
 
 
-def tag_distance(tags: Iterable[str], base_tags: Iterable[str]) -> float:
-    """1 − Jaccard similarity of the two tag sets (0 = same tags; two empty sets are the same)."""
-    a, b = {t.lower() for t in tags}, {t.lower() for t in base_tags}
-    union = a | b
-    return 0.0 if not union else 1.0 - len(a & b) / len(union)
+def character_gain(tags: Iterable[str], base_tags: Iterable[str], character_tags: Iterable[str]) -> float:
+    """Share of `character_tags` found in `tags` but not in `base_tags` (the same prompt and seed at weight 0):
+    0 = none of the character came in, 1 = all of it did."""
+    wanted = {tag.lower() for tag in character_tags}
+    if not wanted:
+        return 0.0
+    gained = {t.lower() for t in tags} - {t.lower() for t in base_tags}
+    return len(wanted & gained) / len(wanted)
 
 
 def leak(pixel: float, tags: float) -> float:
-    """One leak number per sample: the larger of the two distances (either kind of drift counts)."""
+    """One leak number per sample: the larger of the pixel distance and the character's gain (either counts)."""
     return max(pixel, tags)
 
 

@@ -4,6 +4,7 @@
 - `epoch_schedule`: one epoch's samples — every training picture `repeats` times, regularization pictures
   balanced round-robin to the same number (flagged `is_reg`, weighted by prior_loss_weight), shuffled with
   a per-epoch seed, so a resumed run sees exactly the epochs it would have seen.
+- `as_reg_captions`: what a reg picture is trained on (its tags by default, or the class alone).
 - `shuffle_caption`: tags after the first `keep_tokens` shuffled (the trigger word stays first).
 - Aspect-ratio buckets (`make_buckets`, `pick_bucket`, `make_batches`): each picture is resized and
   centre-cropped to the bucket closest to its aspect ratio; a batch holds one bucket only.
@@ -13,6 +14,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -87,6 +89,25 @@ def shuffle_caption(caption: str, keep_tokens: int, rng: random.Random) -> str:
     head, tail = tags[:keep_tokens], tags[keep_tokens:]
     rng.shuffle(tail)
     return ", ".join(head + tail)
+
+
+def as_reg_captions(items: list[Item], class_name: str, mode: str) -> list[Item]:
+    """Regularization items with the caption they are trained on (TrainOptions.reg_captions): "class" = the
+    project's class alone (with no class to use, their own captions), "tags" = their own captions."""
+    class_name = class_name.strip()
+    if mode != "class" or not class_name:
+        return items
+    return [dataclasses.replace(item, caption=class_name) for item in items]
+
+
+def example_captions(train_caption: str, reg_caption: str | None, trigger: str, class_name: str,
+                     mode: str) -> dict[str, str]:
+    """One caption of each set as the model reads it (before the per-step shuffle): a training picture's
+    with the trigger first, a reg picture's as `as_reg_captions` makes it ("reg" only when there is one)."""
+    examples = {"train": with_trigger(train_caption, trigger)}
+    if reg_caption is not None:
+        examples["reg"] = as_reg_captions([Item(Path(), reg_caption)], class_name, mode)[0].caption
+    return examples
 
 
 def with_trigger(caption: str, trigger: str) -> str:

@@ -78,6 +78,7 @@ class TrainSpec:
     options: TrainOptions
     prediction: str | None = None             # force "epsilon" / "v_prediction"; None = what the model says
     trigger: str = ""
+    class_name: str = ""                      # what reg pictures are trained on (options.reg_captions)
     device: str = field(default_factory=preferred_device)
     resume: bool = False
     tag_frequency: Mapping[str, Mapping[str, int]] | None = None
@@ -218,12 +219,21 @@ def _fingerprint(spec: TrainSpec, prediction: str, train_items: list[data.Item],
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _tag_frequency(items: list[data.Item], repeats: int, name: str) -> dict[str, dict[str, int]]:
-    counts: dict[str, int] = {}
-    for item in items:
-        for tag in {t.strip() for t in item.caption.split(",") if t.strip()}:
-            counts[tag] = counts.get(tag, 0) + 1
-    return {f"{repeats}_{name}": counts}
+def _tag_frequency(spec: TrainSpec, train_items: list[data.Item],
+                   reg_items: list[data.Item]) -> dict[str, dict[str, int]]:
+    """Tag counts per dataset folder, as sd-scripts writes ss_tag_frequency: the training folder and, with reg
+    pictures, the reg folder (kohya's names: "<repeats>_<trigger>", "1_<class>")."""
+    def counts(items: list[data.Item]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for item in items:
+            for tag in {t.strip() for t in item.caption.split(",") if t.strip()}:
+                found[tag] = found.get(tag, 0) + 1
+        return found
+
+    folders = {f"{spec.options.repeats}_{spec.name}": counts(train_items)}
+    if reg_items:
+        folders[f"1_{spec.class_name.strip() or 'reg'}"] = counts(reg_items)
+    return folders
 
 
 # --- the run ----------------------------------------------------------------------------------------
@@ -251,6 +261,7 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
 
     info = resolve_base_model(spec.base_model, prediction=spec.prediction)
     train_items, reg_items = data.load_items(project / "dataset", project / "reg")
+    reg_items = data.as_reg_captions(reg_items, spec.class_name, opts.reg_captions)
     if not train_items:
         raise Invalid("there are no training pictures in the dataset folder: add some before training")
 
@@ -340,7 +351,7 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
     resumed_from = start_epoch - 1
 
     latents = data.LatentCache(vae, device)
-    tag_frequency = spec.tag_frequency or _tag_frequency(train_items, opts.repeats, spec.name)
+    tag_frequency = spec.tag_frequency or _tag_frequency(spec, train_items, reg_items)
     started_at = time.time()
     run_start, run_steps = time.perf_counter(), 0
     autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if use_amp else contextlib.nullcontext
@@ -401,8 +412,8 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
             flips = [opts.flip_aug and rng.random() < 0.5 for _ in batch]
             captions = []
             for sample in batch:
-                # Reg pictures teach what the class looks like without the character (sd-scripts trains
-                # them on their class captions alone): with the trigger on them, it would mean any of the class.
+                # Reg pictures teach what the class looks like without the character: with the trigger on
+                # them, it would mean any of the class.
                 caption = sample.item.caption if sample.is_reg else data.with_trigger(sample.item.caption, spec.trigger)
                 if opts.shuffle_captions:
                     caption = data.shuffle_caption(caption, opts.keep_tokens, rng)

@@ -27,10 +27,11 @@ PICTURES = 12
 # Samples: every epoch × these weights × 5 prompts × 2 seeds, 10 steps (the zero-SNR schedule's trailing
 # timesteps need few): about a minute on 2 cores.
 WEIGHTS = (0.0, 0.4, 0.7, 1.0)
-# kohya's defaults at the toy model's 64 px, with fewer repeats and epochs (minutes on 2 cores) and 4× the
-# learning rates: the toy model's layers are 32–64 wide, and at kohya's rates 360 steps barely move it
-# (trigger-only fidelity 33 % at epoch 6 vs 46 % at 4×, measured on the shipped model).
-TRAINING = {"repeats": "5", "epochs": "6", "unet_lr": "2e-3", "text_encoder_lr": "4e-4"}
+# kohya's defaults at the toy model's 64 px, with fewer repeats and epochs (minutes on 2 cores) and 20× the
+# learning rates (the most the options allow): the toy model's layers are 32–64 wide, and at lower rates
+# 360 steps teach it too little (measured on the shipped model, best fidelity: 46 % at 4× the rates, 71 %
+# here; 8 epochs or min-SNR off did no better).
+TRAINING = {"repeats": "5", "epochs": "6", "unet_lr": "1e-2", "text_encoder_lr": "2e-3"}
 # Besides the suggested traits, the member prunes XingBar's outfit: he always wears a striped shirt, so
 # it belongs to the look the trigger word should bring back.
 OUTFIT = "striped shirt"
