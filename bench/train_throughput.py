@@ -49,6 +49,7 @@ from bench.flops import describe, step_flops
 from engine.devtools.pictures import picture
 from engine.models.base import load_pipeline, resolve_base_model
 from engine.training import data
+from engine.training.captions import with_trigger
 
 GOAL = 1.5
 SIDES = ("reference", "ours")
@@ -211,7 +212,7 @@ def run_reference(setup: Setup) -> Run:
         phases.start()
         # The example's dataset transform runs in the training loop (dataloader_num_workers defaults to 0).
         pixels = torch.stack([data.load_pixels(s.item.path, (setup.resolution,) * 2) for s in batch])
-        captions = [data.with_trigger(s.item.caption, TRIGGER) for s in batch]
+        captions = [with_trigger(s.item.caption, TRIGGER) for s in batch]
         input_ids = tokenizer(captions, max_length=tokenizer.model_max_length, padding="max_length",
                               truncation=True, return_tensors="pt").input_ids
         pixels, input_ids = pixels.to(device, dtype=weight_dtype), input_ids.to(device)

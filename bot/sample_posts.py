@@ -26,7 +26,7 @@ def scores_embed(results: SampleResults) -> discord.Embed:
     rows += [f"{s.epoch:>5} {s.weight:>6g} {s.fidelity:>8.0%} {s.leak:>6.0%}"
              + (" ◀" if (s.epoch, s.weight) == (results.recommended_epoch, results.recommended_weight) else "")
              for s in results.scores if s.weight > 0]
-    embed.add_field(name="Fidelity (character shown) and leak (other prompts changed)",
+    embed.add_field(name="Fidelity (character shown) and leak (other prompts bent toward it)",
                     value=clip("```\n" + "\n".join(rows) + "\n```", 1024), inline=False)
     if results.epoch is None and (results.models or results.skipped_models):
         shown = [f"✅ {model}" for model in results.models]

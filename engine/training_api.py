@@ -16,7 +16,7 @@ from engine.models import resolve_base_model
 from engine.models.base import native_resolution
 from engine.records import Actor, Job
 from engine.samples.report import SampleResults, read_report, sample_results, samples_match
-from engine.training.data import example_captions
+from engine.training.captions import example_captions
 from engine.training.lora_files import epoch_files, epoch_number, trained_family
 from engine.training.options import TrainOptions, apply_overrides, preset
 from engine.training.plan import TrainPlan, make_plan, refuse_if_too_long

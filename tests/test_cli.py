@@ -288,11 +288,13 @@ def test_demo_trains_the_toy_character_and_its_scores_mean_it(tmp_path: Path) ->
     assert {(s["epoch"], s["weight"]) for s in scores} == {(e, w) for e in range(1, 7) for w in (0, 0.4, 0.7, 1.0)}
     by_cell = {(s["epoch"], s["weight"]): s for s in scores}
     assert by_cell[(best["epoch"], best["weight"])] == best and best["weight"] > 0
-    # The base model never saw XingBar; the LoRA brings him (measured: 0 % at weight 0, 58 % at epoch 6,
-    # weight 1). How far short of the goals the rest falls is in bench/toy_quality.py.
-    base = max(s["fidelity"] for s in scores if s["weight"] == 0)
-    assert base <= 0.15
-    assert max(by_cell[(epoch, 1.0)]["fidelity"] for epoch in range(1, 7)) >= base + 0.25
+    # The base model never saw XingBar; the LoRA brings him, more over the first epochs, and the advice
+    # picks a cell that shows him without bending other prompts (measured: 0 % at weight 0; at weight 1
+    # 25 % after epoch 1, 58 % after epoch 2; recommended epoch 6 at weight 1, 71 % with 12 % leak). The
+    # margins leave room for another CPU's arithmetic; bench/toy_quality.py prints the whole table.
+    assert max(s["fidelity"] for s in scores if s["weight"] == 0) <= 0.15
+    assert max(by_cell[(epoch, 1.0)]["fidelity"] for epoch in range(2, 7)) >= by_cell[(1, 1.0)]["fidelity"] + 0.2
+    assert best["leak"] <= 0.15 and best["fidelity"] >= 0.5
 
 
 def test_images_add_tag_and_tags_from_the_command_line(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 from engine.devtools.pictures import picture
 from engine.devtools.tiny_models import TinyModelPaths
-from engine.training import data, trainer
+from engine.training import captions, data, trainer
 from engine.training.kohya_format import KOHYA_KEY
 from engine.training.lora_files import trained_family
 from engine.training.options import preset
@@ -89,7 +89,7 @@ def test_reg_balancing_counts() -> None:
     assert one != data.epoch_schedule(train_items, few, 4, seed=1, epoch=2)
 
 
-def test_reg_pictures_are_trained_on_the_class_alone_unless_asked(tmp_path: Path, tiny: Path) -> None:
+def test_reg_pictures_are_trained_on_their_tags_or_on_the_class_alone(tmp_path: Path, tiny: Path) -> None:
     """The reg folder's tag counts in the file are those of the captions the loop trained on."""
     frequencies = {}
     for mode in ("class", "tags"):
@@ -103,12 +103,12 @@ def test_reg_pictures_are_trained_on_the_class_alone_unless_asked(tmp_path: Path
 
 
 def test_example_captions_show_what_each_set_is_trained_on() -> None:
-    assert data.example_captions("1boy, red", "1boy, blue", "XingBar", "1boy", "class") == {
+    assert captions.example_captions("1boy, red", "1boy, blue", "XingBar", "1boy", "class") == {
         "train": "XingBar, 1boy, red", "reg": "1boy"}
-    assert data.example_captions("red", "1boy, blue", "XingBar", "1boy", "tags")["reg"] == "1boy, blue"
-    assert data.example_captions("red", None, "XingBar", "1boy", "class") == {"train": "XingBar, red"}
+    assert captions.example_captions("red", "1boy, blue", "XingBar", "1boy", "tags")["reg"] == "1boy, blue"
+    assert captions.example_captions("red", None, "XingBar", "1boy", "class") == {"train": "XingBar, red"}
     # No class to use: the reg picture keeps its own caption rather than being trained on nothing.
-    assert data.example_captions("red", "blue", "XingBar", " ", "class")["reg"] == "blue"
+    assert captions.example_captions("red", "blue", "XingBar", " ", "class")["reg"] == "blue"
 
 
 def test_caption_shuffle_keeps_first_tags() -> None:
@@ -118,8 +118,8 @@ def test_caption_shuffle_keeps_first_tags() -> None:
     assert all(s.startswith("tok, ") for s in shuffled)
     assert all(sorted(s.split(", ")) == sorted(caption.split(", ")) for s in shuffled)
     assert len(set(shuffled)) > 1
-    assert data.with_trigger("a, b", "tok") == "tok, a, b"
-    assert data.with_trigger("a, tok, b", "tok") == "tok, a, b"
+    assert captions.with_trigger("a, b", "tok") == "tok, a, b"
+    assert captions.with_trigger("a, tok, b", "tok") == "tok, a, b"
 
 
 def test_buckets_one_bucket_per_batch() -> None:

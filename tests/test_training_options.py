@@ -15,7 +15,8 @@ SD15 = dict(
     train_text_encoder=True, lr_scheduler="cosine_with_restarts", lr_restarts=3, warmup_ratio=0.05,
     min_snr_gamma=5, noise_offset=0.0, multires_noise_iterations=0, multires_noise_discount=0.3, network_dim=16,
     network_alpha=8, optimizer="adamw8bit", clip_skip=2, keep_tokens=1, shuffle_captions=True, flip_aug=False,
-    bucket_min=256, bucket_max=1024, bucket_step=64, prior_loss_weight=1.0, save_every_n_epochs=1, keep_last_n=10,
+    bucket_min=256, bucket_max=1024, bucket_step=64, prior_loss_weight=1.0, reg_captions="tags", save_every_n_epochs=1,
+    keep_last_n=10,
     seed=42, mixed_precision="fp16", gradient_checkpointing=False, max_train_steps_cap=10_000,
 )
 SDXL = {

@@ -27,7 +27,7 @@ GAP = 24                      # between the two tables
 OUTLINE_WIDTH = 3
 HATCH_SPACING = 6
 TABLES = ("fidelity", "leak")
-CAPTIONS = ("Fidelity: the character shown", "Leak: other prompts changed")
+CAPTIONS = ("Fidelity: the character shown", "Leak: other prompts bent")
 
 
 @dataclass(frozen=True)

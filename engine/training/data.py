@@ -6,6 +6,7 @@
   a per-epoch seed, so a resumed run sees exactly the epochs it would have seen.
 - `as_reg_captions`: what a reg picture is trained on (its tags by default, or the class alone).
 - `shuffle_caption`: tags after the first `keep_tokens` shuffled (the trigger word stays first).
+  What a caption says (the trigger first, a reg picture's class) is in captions.py.
 - Aspect-ratio buckets (`make_buckets`, `pick_bucket`, `make_batches`): each picture is resized and
   centre-cropped to the bucket closest to its aspect ratio; a batch holds one bucket only.
 - `Placement` / `sdxl_time_ids`: SDXL's size conditioning of a bucketed picture, as sd-scripts computes it.
@@ -26,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+from engine.training.captions import reg_caption
 
 log = logging.getLogger(__name__)
 
@@ -92,34 +95,8 @@ def shuffle_caption(caption: str, keep_tokens: int, rng: random.Random) -> str:
 
 
 def as_reg_captions(items: list[Item], class_name: str, mode: str) -> list[Item]:
-    """Regularization items with the caption they are trained on (TrainOptions.reg_captions): "class" = the
-    project's class alone (with no class to use, their own captions), "tags" = their own captions."""
-    class_name = class_name.strip()
-    if mode != "class" or not class_name:
-        return items
-    return [dataclasses.replace(item, caption=class_name) for item in items]
-
-
-def example_captions(train_caption: str, reg_caption: str | None, trigger: str, class_name: str,
-                     mode: str) -> dict[str, str]:
-    """One caption of each set as the model reads it (before the per-step shuffle): a training picture's
-    with the trigger first, a reg picture's as `as_reg_captions` makes it ("reg" only when there is one)."""
-    examples = {"train": with_trigger(train_caption, trigger)}
-    if reg_caption is not None:
-        examples["reg"] = as_reg_captions([Item(Path(), reg_caption)], class_name, mode)[0].caption
-    return examples
-
-
-def with_trigger(caption: str, trigger: str) -> str:
-    """The caption with the trigger word as its first tag (added if the tagger's caption lacks it)."""
-    trigger = trigger.strip()
-    if not trigger:
-        return caption
-    tags = [t.strip() for t in caption.split(",") if t.strip()]
-    if tags and tags[0] == trigger:
-        return caption
-    tags = [t for t in tags if t != trigger]
-    return ", ".join([trigger, *tags])
+    """Regularization items with the caption they are trained on (TrainOptions.reg_captions)."""
+    return [dataclasses.replace(item, caption=reg_caption(item.caption, class_name, mode)) for item in items]
 
 
 # --- aspect-ratio buckets ---------------------------------------------------------------------------

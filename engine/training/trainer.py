@@ -35,6 +35,7 @@ from engine.jobs.context import JobFailed
 from engine.models.base import load_pipeline, resolve_base_model
 from engine.models.inference import preferred_device
 from engine.training import data
+from engine.training.captions import with_trigger
 from engine.training.conditioning import for_family
 from engine.training.kohya_format import kohya_metadata, save_kohya_lora, to_kohya_state_dict
 from engine.training.lora_files import epoch_file_name, epoch_files, keep_last
@@ -414,7 +415,7 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
             for sample in batch:
                 # Reg pictures teach what the class looks like without the character: with the trigger on
                 # them, it would mean any of the class.
-                caption = sample.item.caption if sample.is_reg else data.with_trigger(sample.item.caption, spec.trigger)
+                caption = sample.item.caption if sample.is_reg else with_trigger(sample.item.caption, spec.trigger)
                 if opts.shuffle_captions:
                     caption = data.shuffle_caption(caption, opts.keep_tokens, rng)
                 captions.append(caption)
