@@ -92,10 +92,11 @@ def poisoned_training(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_nan_loss_stops_with_advice_and_keeps_the_last_good_epoch(poisoned_training, studio: Studio) -> None:
-    plan = await start_training(studio, epochs=4)   # TINY: 1 step per epoch, so epochs 1 and 2 are good
+    plan = await start_training(studio, epochs=6)   # TINY: 1 step per epoch, so epochs 1 and 2 are good
     ended = await studio.fake.wait_for_message(
         lambda m: m["id"] == plan["id"] and "failed" in text_of(m), timeout=120)
-    assert f"the loss became NaN at step {POISON_AT_STEP}: lower the learning rate" in text_of(ended)
+    assert (f"the loss became NaN at step {POISON_AT_STEP}, and 3 steps in a row were skipped: lower the learning "
+            "rate") in text_of(ended)
     assert "XingBar30-02.safetensors" in text_of(ended)
     output = studio.engine.layout.project(ALICE, "XingBar30").output
     assert sorted(p.name for p in output.glob("XingBar30*.safetensors")) == [

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from engine.errors import Invalid
-from engine.training.options import RULES, TrainOptions, apply_overrides, describe_rules, preset
+from engine.training.options import RULES, TrainOptions, apply_overrides, describe_rules, group_learning_rates, preset
 from engine.training.plan import make_plan, refuse_if_too_long
 
 SD15 = dict(
@@ -151,3 +151,13 @@ def test_refuse_if_too_long() -> None:
     assert message.startswith("this would be 12,400 steps; the server allows 10,000: lower repeats or epochs")
     assert "epochs 8 gives 9,920 steps" in message
     refuse_if_too_long(plan, 12_400)  # exactly at the cap is allowed
+
+
+def test_prodigy_plan_says_the_learning_rates_it_runs_at() -> None:
+    prodigy = apply_overrides(preset("sd15"), {"optimizer": "prodigy"})
+    assert group_learning_rates(prodigy) == (1.0, 1.0)
+    assert group_learning_rates(preset("sd15")) == (5e-4, 1e-4)
+    said = make_plan(prodigy, train_images=20).explanation[-1]
+    assert said.startswith("Prodigy finds its own step size") and "1 for the UNet and the text encoder" in said
+    frozen = make_plan(apply_overrides(prodigy, {"train_text_encoder": "false"}), train_images=20).explanation
+    assert "1 for the UNet (" in " ".join(frozen)

@@ -1,6 +1,6 @@
 """An image → the WD tagger's input, following kohya sd-scripts' `tag_images_by_wd14_tagger.py`:
-flatten on white, pad to a centred square with white, resize to the model's side (area average when
-shrinking, Lanczos when enlarging), BGR, float32 in 0..255, no normalisation.
+flatten on white, pad to a centred square with white, resize to the model's side (OpenCV's exact area
+average when shrinking, Lanczos when enlarging: engine.imaging), BGR, float32 in 0..255, no normalisation.
 
 EXIF orientation is deliberately NOT applied: intake stores pictures already upright, and the tagger
 must describe the very pixels the trainer will read (kohya reads them without exif_transpose too).
@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from engine.imaging import resize
 from engine.tagging import TaggerError
 
 WHITE = (255, 255, 255)
@@ -51,10 +52,8 @@ def prepare(image: Image.Image, size: int) -> np.ndarray:
         # kohya: pad_left = pad_x // 2, pad_top = pad_y // 2 (the odd pixel goes right / bottom).
         square.paste(image, ((side - width) // 2, (side - height) // 2))
         image = square
-    if side != size:
-        # BOX is Pillow's area average (cv2.INTER_AREA's filter); Lanczos as kohya's pil_resize.
-        resample = Image.Resampling.BOX if side > size else Image.Resampling.LANCZOS
-        image = image.resize((size, size), resample)
+    # INTER_AREA when shrinking, Pillow's Lanczos when enlarging, as sd-scripts' resize_image.
+    image = resize(image, size, size)
     out = np.empty((size, size, 3), dtype=np.float32)
     out[...] = np.asarray(image)[..., ::-1]  # RGB → BGR and uint8 → float32 in one pass
     return out

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import random
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from engine.imaging import resize
 from engine.training.captions import reg_caption
 
 log = logging.getLogger(__name__)
@@ -118,10 +120,12 @@ def make_buckets(resolution: int, bucket_min: int, bucket_max: int, step: int) -
 
 
 def pick_bucket(size: tuple[int, int], buckets: list[Bucket]) -> Bucket:
-    """The bucket whose aspect ratio is closest to the picture's (ties: the larger area)."""
-    width, height = size
-    ratio = math.log(width / height)
-    return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ratio), -b[0] * b[1]))
+    """sd-scripts' choice: a picture of a bucket's exact size goes there; else the bucket whose width/height
+    differs least from the picture's, ties to the first in the (sorted) bucket list, as its argmin."""
+    if tuple(size) in buckets:
+        return (size[0], size[1])
+    ratio = size[0] / size[1]
+    return min(buckets, key=lambda b: abs(b[0] / b[1] - ratio))
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -173,9 +177,10 @@ def load_pixels(path: Path, bucket: Bucket, flip: bool = False) -> torch.Tensor:
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             image = Image.alpha_composite(background, rgba)
         image = image.convert("RGB")
+    # Scaled to cover the bucket (rounded half up, as sd-scripts), then centre-cropped to it.
     scale = max(width / image.width, height / image.height)
-    resized = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
-    image = image.resize(resized, Image.Resampling.LANCZOS)
+    resized = (max(width, int(image.width * scale + 0.5)), max(height, int(image.height * scale + 0.5)))
+    image = resize(image, *resized)
     left, top = (resized[0] - width) // 2, (resized[1] - height) // 2
     image = image.crop((left, top, left + width, top + height))
     if flip:
@@ -240,17 +245,23 @@ def latent_key(path: Path, bucket: Bucket, flip: bool) -> tuple[str, int, int, b
 
 
 class LatentCache(KeyedCache):
-    """Latents keyed by (picture, bucket, flip): the VAE posterior mean × scaling factor, kept on the CPU."""
+    """Latents keyed by (picture, bucket, flip), kept on the CPU: a sample of the VAE posterior × scaling
+    factor, as sd-scripts caches them (not its mean), drawn with a seed of its own per key so a resumed or
+    reordered run encodes every picture the same."""
 
-    def __init__(self, vae: torch.nn.Module, device: str | torch.device) -> None:
+    def __init__(self, vae: torch.nn.Module, device: str | torch.device, seed: int = 0) -> None:
         super().__init__()
         self.vae = vae
         self.device = device
+        self.seed = seed
 
     def encode(self, path: Path, bucket: Bucket, flip: bool) -> torch.Tensor:
         pixels = load_pixels(path, bucket, flip).unsqueeze(0).to(self.device, dtype=self.vae.dtype)
+        key = f"{self.seed}:{path.name}:{bucket[0]}x{bucket[1]}:{int(flip)}".encode()
+        generator = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
         with torch.no_grad():
-            latent = self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor
+            posterior = self.vae.encode(pixels).latent_dist
+            latent = posterior.sample(generator=generator) * self.vae.config.scaling_factor
         return latent[0].float().cpu()
 
     def latent(self, path: Path, bucket: Bucket, flip: bool) -> torch.Tensor:

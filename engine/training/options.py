@@ -96,6 +96,15 @@ def preset(family: str, resolution: int | None = None) -> TrainOptions:
         bucket_step=max(8, round(options.bucket_step * ratio / 8) * 8))
 
 
+def group_learning_rates(options: TrainOptions) -> tuple[float, float]:
+    """(UNet, text encoder) learning rates given to the optimizer. Prodigy finds its own step size and
+    expects lr ≈ 1 (with 5e-4 it barely moves); it refuses different rates per parameter group, so both get
+    1, as kohya-colab sets them."""
+    if options.optimizer == "prodigy":
+        return 1.0, 1.0
+    return options.unet_lr, options.text_encoder_lr
+
+
 # --- what members may set, and to what ---------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from engine.errors import Invalid
-from engine.training.options import TrainOptions
+from engine.training.options import TrainOptions, group_learning_rates
 
 RULE_OF_THUMB = (200, 400)  # training pictures × repeats per epoch that kohya-colab recommends
 
@@ -66,6 +66,11 @@ def make_plan(options: TrainOptions, *, train_images: int, reg_images: int = 0,
     if estimate is not None:
         source = f" ({speed_source})" if speed_source else ""
         lines.append(f"At about {seconds_per_step:.2g} s per step{source} that takes about {_duration(estimate)}.")
+    if options.optimizer == "prodigy":
+        unet_lr, _ = group_learning_rates(options)
+        trained = "the UNet and the text encoder" if options.train_text_encoder else "the UNet"
+        lines.append(f"Prodigy finds its own step size: it runs at learning rate {unet_lr:g} for {trained} "
+                     "(unet_lr and text_encoder_lr do not apply).")
     low, high = RULE_OF_THUMB
     if not low <= per_epoch <= high:
         better = max(1, round((low + high) / 2 / train_images))

@@ -14,6 +14,7 @@ scheduler, epoch, step, RNG) to resume from, and `<name>.safetensors` (the last 
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import importlib.util
 import json
@@ -22,6 +23,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,13 +42,16 @@ from engine.training.conditioning import for_family
 from engine.training.kohya_format import kohya_metadata, save_kohya_lora, to_kohya_state_dict
 from engine.training.lora_files import epoch_file_name, epoch_files, keep_last
 from engine.training.lora_inject import add_text_encoder_lora, add_unet_lora, lora_state_dict
-from engine.training.options import TrainOptions
+from engine.training.options import TrainOptions, group_learning_rates
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
-STATE_VERSION = 1
+STATE_VERSION = 2
 MAX_GRAD_NORM = 1.0   # sd-scripts' default
+# Non-finite steps skipped in a row before the run counts as diverged: one can be a bad batch, several in a
+# row mean the LoRA itself went bad.
+MAX_BAD_STEPS_IN_A_ROW = 3
 EMA_DECAY = 0.9
 # Where each text encoder's LoRA weights are kept in state.pt ("te_lora" alone for SD 1.x, as before SDXL).
 _TE_STATE_KEYS = ("te_lora", "te2_lora")
@@ -116,15 +121,18 @@ def _say(spec: TrainSpec, message: str) -> None:
 # --- pieces -----------------------------------------------------------------------------------------
 
 
+def prodigy_arguments(options: TrainOptions) -> dict[str, Any]:
+    """kohya-colab's recommended Prodigy arguments (safeguard_warmup only matters with a warmup)."""
+    return {"decouple": True, "weight_decay": 0.01, "betas": (0.9, 0.999), "d_coef": 2.0,
+            "use_bias_correction": True, "safeguard_warmup": options.warmup_ratio > 0}
+
+
 def _optimizer(spec: TrainSpec, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     name = spec.options.optimizer
     if name == "prodigy":
-        if importlib.util.find_spec("prodigyopt") is None:
-            raise Invalid("optimizer prodigy needs the prodigyopt package, which is not installed on this "
-                          "server: choose adamw or adamw8bit, or ask the server owner to install prodigyopt")
         from prodigyopt import Prodigy
 
-        return Prodigy(groups, weight_decay=0.01)
+        return Prodigy(groups, **prodigy_arguments(spec.options))
     if name == "adamw8bit":
         if spec.device.startswith("cuda") and importlib.util.find_spec("bitsandbytes") is not None:
             import bitsandbytes as bnb
@@ -204,6 +212,13 @@ def _saved_state(spec: TrainSpec, path: Path, run_key: Mapping[str, Any]) -> dic
         _say(spec, "no saved training state to resume from: starting at epoch 1")
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
+    saved_optimizer, optimizer = state.get("optimizer_class"), run_key["optimizer_class"]
+    if saved_optimizer is not None and saved_optimizer != optimizer and state.get("fingerprint") == run_key["fingerprint"]:
+        # Same options, other optimizer: 8-bit AdamW saved on a GPU with bitsandbytes, plain AdamW here
+        # (or the reverse). Their states do not load into each other.
+        _say(spec, f"the saved training state was made with {saved_optimizer}, and this machine trains with "
+                   f"{optimizer}: their states do not mix, so starting at epoch 1")
+        return None
     if any(state.get(key, "sd15" if key == "family" else None) != value for key, value in run_key.items()):
         _say(spec, "the saved training state is from a training with other settings, pictures or base model: "
                    "starting at epoch 1")
@@ -211,10 +226,18 @@ def _saved_state(spec: TrainSpec, path: Path, run_key: Mapping[str, Any]) -> dic
     return state
 
 
+# Options that change how a run is computed, not what it learns: a retry may change them (a smaller batch
+# after running out of memory) and still resume after the epochs that were finished.
+_NOT_LEARNED = ("batch_size", "gradient_checkpointing", "mixed_precision", "save_every_n_epochs", "keep_last_n",
+                "max_train_steps_cap")
+
+
 def _fingerprint(spec: TrainSpec, prediction: str, train_items: list[data.Item],
                  reg_items: list[data.Item]) -> str:
-    """What makes two runs the same run: options, base model, trigger, picture names and captions."""
-    what = {"options": spec.options.to_dict(), "base_model": spec.base_model, "prediction": prediction,
+    """What makes two runs the same run: the options that change what is learned, base model, trigger,
+    picture names and captions."""
+    learned = {k: v for k, v in spec.options.to_dict().items() if k not in _NOT_LEARNED}
+    what = {"options": learned, "base_model": spec.base_model, "prediction": prediction,
             "trigger": spec.trigger, "train": [(i.path.name, i.caption) for i in train_items],
             "reg": [(i.path.name, i.caption) for i in reg_items]}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
@@ -237,19 +260,69 @@ def _tag_frequency(spec: TrainSpec, train_items: list[data.Item],
     return folders
 
 
+def _divergence_message(spec: TrainSpec, out_dir: Path, bad_steps: list[tuple[int, float]], precision: str) -> str:
+    """What went wrong, from which step, and what to change for the precision this run actually used."""
+    opts = spec.options
+    first, value = bad_steps[0]
+    if math.isfinite(value):
+        head = f"the gradients became NaN or infinite at step {first}"
+    else:
+        head = f"the loss became {'NaN' if math.isnan(value) else 'infinite'} at step {first}"
+    kept = epoch_files(out_dir, spec.name)   # none is saved during skipped steps: the newest is good
+    last = f"; the file of the last good epoch ({kept[-1][1].name}) is kept" if kept else ""
+    advice = (f"lower the learning rate (unet_lr {opts.unet_lr:g}, text_encoder_lr {opts.text_encoder_lr:g})"
+              if opts.optimizer != "prodigy" else "use optimizer adamw with kohya's learning rates")
+    if precision == "fp16":
+        advice += ", or use mixed_precision bf16 (on a GPU that supports it) or no, instead of fp16"
+    return f"{head}, and {len(bad_steps)} steps in a row were skipped: {advice}{last}"
+
+
+def training_precision(requested: str, device: str, bf16_native: Callable[[], bool]) -> tuple[str, str | None]:
+    """(the precision a run uses: "fp16", "bf16" or "no", a line for the member when it is not what was
+    asked). Mixed precision is for CUDA only; bf16 only where the card computes it natively (emulated
+    bf16 on older cards is slow), else fp16 with loss scaling, which every CUDA card has."""
+    if not device.startswith("cuda") or requested == "no":
+        return "no", None
+    if requested == "bf16" and not bf16_native():
+        return "fp16", ("this GPU has no native bf16: training in fp16 with loss scaling instead (if the loss "
+                        "becomes NaN, use mixed_precision no)")
+    return requested, None
+
+
 # --- the run ----------------------------------------------------------------------------------------
+
+
+# Allocation failures that torch raises as a plain RuntimeError rather than OutOfMemoryError.
+_OOM_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+                "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and any(marker in str(error) for marker in _OOM_MARKERS))
+
+
+def out_of_memory_message(options: TrainOptions) -> str:
+    """What to lower, and checkpointing only when it is off."""
+    fixes = [f"lower batch_size (now {options.batch_size}{', e.g. 1' if options.batch_size > 1 else ''})"]
+    if not options.gradient_checkpointing:
+        fixes.append("turn on gradient_checkpointing")
+    fixes.append(f"or lower the resolution (now {options.resolution})")
+    return (f"the GPU ran out of memory while training: {', '.join(fixes)}; the files of the finished epochs "
+            "are kept, and a retry with a smaller batch resumes after the last of them")
 
 
 def train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
     try:
         return _train(spec, report)
-    except torch.cuda.OutOfMemoryError:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        raise TrainingOOM(
-            "the GPU ran out of memory while training: lower batch_size (e.g. batch 1), turn on "
-            "gradient_checkpointing, or lower the resolution; the files of the last finished epoch are kept"
-        ) from None
+    except RuntimeError as error:   # OutOfMemoryError is one
+        if not is_out_of_memory(error):
+            raise
+    # Out of the except block, so its traceback (and the tensors its frames hold) is gone before freeing.
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    raise TrainingOOM(out_of_memory_message(spec.options))
 
 
 def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
@@ -268,8 +341,15 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
 
     random.seed(opts.seed)
     torch.manual_seed(opts.seed)
-    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(opts.mixed_precision)
-    use_amp = on_cuda and amp_dtype is not None
+    precision, why = training_precision(
+        opts.mixed_precision, device, lambda: torch.cuda.is_bf16_supported(including_emulation=False))
+    if why:
+        _say(spec, why)
+    if on_cuda:   # the parts kept in fp32 (LoRA weights, VAE) use TF32 matmuls, as sd-scripts allows
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    use_amp = amp_dtype is not None
     weight_dtype = amp_dtype if use_amp else torch.float32
 
     pipe = load_pipeline(info, dtype=weight_dtype, device=device)
@@ -300,9 +380,10 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
             te_params += add_text_encoder_lora(encoder, opts.network_dim, opts.network_alpha)
             if opts.gradient_checkpointing:
                 encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    groups = [{"params": unet_params, "lr": opts.unet_lr}]
+    unet_lr, te_lr = group_learning_rates(opts)
+    groups = [{"params": unet_params, "lr": unet_lr}]
     if te_params:
-        groups.append({"params": te_params, "lr": opts.text_encoder_lr})
+        groups.append({"params": te_params, "lr": te_lr})
     trainable = unet_params + te_params
     optimizer = _optimizer(spec, groups)
 
@@ -326,9 +407,10 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
 
     noise_gen = torch.Generator().manual_seed(opts.seed)
     start_epoch, global_step, ema_loss = 1, 0, float("nan")
-    run_key = {"version": STATE_VERSION, "total_steps": total_steps, "network_dim": opts.network_dim,
+    run_key = {"version": STATE_VERSION, "network_dim": opts.network_dim,
                "train_text_encoder": opts.train_text_encoder, "family": info.family,
-               "fingerprint": _fingerprint(spec, info.prediction, train_items, reg_items)}
+               "fingerprint": _fingerprint(spec, info.prediction, train_items, reg_items),
+               "optimizer_class": type(optimizer).__name__}
     state = _saved_state(spec, state_path, run_key)
     if state is None:
         # A fresh run replaces the last one: its epoch files would otherwise mix with this run's (and
@@ -342,16 +424,29 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
             for encoder, key in zip(text.encoders, _TE_STATE_KEYS, strict=False):
                 _load_lora_params(encoder, state[key])
         optimizer.load_state_dict(state["optimizer"])
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
         if "scaler" in state and scaler.is_enabled():
             scaler.load_state_dict(state["scaler"])
         noise_gen.set_state(state["noise_rng"])
         torch.set_rng_state(state["torch_rng"])
-        start_epoch, global_step, ema_loss = state["epoch"] + 1, state["global_step"], state["ema_loss"]
+        start_epoch, ema_loss = state["epoch"] + 1, state["ema_loss"]
+        if state.get("steps_per_epoch") == steps_per_epoch:
+            global_step = state["global_step"]
+            lr_scheduler.load_state_dict(state["lr_scheduler"])
+        else:   # another batch size: the same epochs are done, in this run's steps
+            global_step = state["epoch"] * steps_per_epoch
+            with warnings.catch_warnings():   # "step() before optimizer.step()": on purpose, to catch up
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(global_step):
+                    lr_scheduler.step()
+            _say(spec, f"the batch size changed since the saved state: epoch {state['epoch']} ends at step "
+                       f"{global_step} of this run's {total_steps}")
         _say(spec, f"resuming after epoch {state['epoch']} (step {global_step} of {total_steps})")
     resumed_from = start_epoch - 1
 
-    latents = data.LatentCache(vae, device)
+    latents = data.LatentCache(vae, device, opts.seed)
+    # As sd-scripts writes it: the class, then its arguments when there are any.
+    optimizer_name = f"{type(optimizer).__module__}.{type(optimizer).__name__}" + (
+        "(" + ",".join(f"{k}={v}" for k, v in prodigy_arguments(opts).items()) + ")" if opts.optimizer == "prodigy" else "")
     tag_frequency = spec.tag_frequency or _tag_frequency(spec, train_items, reg_items)
     started_at = time.time()
     run_start, run_steps = time.perf_counter(), 0
@@ -365,11 +460,11 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
     def metadata(epoch: int) -> dict[str, str]:
         return kohya_metadata(
             base_model=spec.base_model, family=info.family, rank=opts.network_dim, alpha=opts.network_alpha,
-            unet_lr=opts.unet_lr, text_encoder_lr=opts.text_encoder_lr if opts.train_text_encoder else None,
+            unet_lr=unet_lr, text_encoder_lr=te_lr if opts.train_text_encoder else None,
             epochs=opts.epochs, epoch=epoch, steps=global_step, resolution=opts.resolution,
             tag_frequency=tag_frequency, training_started_at=started_at, output_name=spec.name,
             extra={
-                "ss_lr_scheduler": opts.lr_scheduler, "ss_optimizer": type(optimizer).__name__,
+                "ss_lr_scheduler": opts.lr_scheduler, "ss_optimizer": optimizer_name,
                 "ss_min_snr_gamma": str(opts.min_snr_gamma), "ss_noise_offset": str(opts.noise_offset),
                 "ss_multires_noise_iterations": str(opts.multires_noise_iterations),
                 "ss_multires_noise_discount": str(opts.multires_noise_discount),
@@ -392,7 +487,8 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
         path = save_kohya_lora(out_dir / epoch_file_name(spec.name, epoch), kohya_state(), metadata(epoch))
         keep_last(out_dir, spec.name, opts.keep_last_n)
         state = {
-            **run_key, "epoch": epoch, "global_step": global_step, "unet_lora": _lora_params(unet),
+            **run_key, "epoch": epoch, "global_step": global_step, "steps_per_epoch": steps_per_epoch,
+            "unet_lora": _lora_params(unet),
             **{key: _lora_params(encoder) if opts.train_text_encoder else {}
                for encoder, key in zip(text.encoders, _TE_STATE_KEYS, strict=False)},
             "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
@@ -406,6 +502,7 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
             spec.on_epoch_saved(path)
         return path
 
+    bad_steps: list[tuple[int, float]] = []   # (step, loss) of the skipped steps since the last good one
     for epoch in range(start_epoch, opts.epochs + 1):
         rng = random.Random(data.epoch_seed(opts.seed, epoch) ^ 0x5EED)
         samples = data.epoch_schedule(train_items, reg_items, opts.repeats, opts.seed, epoch)
@@ -449,30 +546,44 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
             per_sample = F.mse_loss(pred.float(), target.to(device), reduction="none").mean(dim=(1, 2, 3))
             loss = (per_sample * loss_weights.to(device)).mean()
             value = float(loss.detach())
-            if not math.isfinite(value):
-                kept = sorted(out_dir.glob(f"{spec.name}-*.safetensors"))
-                last = f"; the file of the last good epoch ({kept[-1].name}) is kept" if kept else ""
-                raise TrainingDiverged(
-                    f"the loss became {'NaN' if math.isnan(value) else 'infinite'} at step {global_step + 1}: "
-                    f"lower the learning rate (unet_lr {opts.unet_lr:g}, text_encoder_lr "
-                    f"{opts.text_encoder_lr:g}), or use mixed_precision bf16 instead of fp16{last}")
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
-            scaler.step(optimizer)
-            scaler.update()
-            lr_scheduler.step()
+
+            # One optimizer step, unless the loss or (without a scaler, which skips those itself) the
+            # gradients are not finite: such a step is skipped, not applied, and a few in a row end the run.
+            applied = math.isfinite(value)
+            if applied:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM))
+                applied = scaler.is_enabled() or math.isfinite(grad_norm)
+            if applied:
+                scale_before = scaler.get_scale() if scaler.is_enabled() else 0.0
+                scaler.step(optimizer)
+                scaler.update()
+                # The scaler skips a step whose gradients overflowed (and lowers its scale): the learning
+                # rate schedule waits for a step that was taken, as accelerate does for sd-scripts.
+                if not scaler.is_enabled() or scaler.get_scale() >= scale_before:
+                    lr_scheduler.step()
+                bad_steps = []
+            else:
+                bad_steps.append((global_step + 1, value))
+                if len(bad_steps) >= MAX_BAD_STEPS_IN_A_ROW:
+                    raise TrainingDiverged(_divergence_message(spec, out_dir, bad_steps, precision))
             optimizer.zero_grad(set_to_none=True)
 
             global_step += 1
             run_steps += 1
-            ema_loss = value if math.isnan(ema_loss) else EMA_DECAY * ema_loss + (1 - EMA_DECAY) * value
+            if math.isfinite(value):
+                ema_loss = value if math.isnan(ema_loss) else EMA_DECAY * ema_loss + (1 - EMA_DECAY) * value
             elapsed = time.perf_counter() - run_start
             it_s = run_steps / elapsed if elapsed > 0 else 0.0
             eta = (total_steps - global_step) / it_s if it_s > 0 else 0.0
             report(Progress(epoch=epoch, step=global_step, total_steps=total_steps, loss=ema_loss,
                             lr=float(lr_scheduler.get_last_lr()[0]), it_s=it_s, eta_s=eta))
-        if epoch % opts.save_every_n_epochs == 0 or epoch == opts.epochs:
+        if bad_steps:
+            # Its last steps were skipped: if they are the start of a divergence, this file would be handed
+            # out as the last good epoch. The next epoch saved (or the final file) carries its training.
+            _say(spec, f"epoch {epoch} ended on {len(bad_steps)} skipped step(s): its file is not saved")
+        elif epoch % opts.save_every_n_epochs == 0 or epoch == opts.epochs:
             save_epoch(epoch)
 
     final = save_kohya_lora(out_dir / f"{spec.name}.safetensors", kohya_state(), metadata(opts.epochs))
