@@ -15,7 +15,7 @@ from safetensors import safe_open
 
 from engine.devtools.pictures import picture
 from engine.devtools.tiny_models import TinyModelPaths
-from engine.training import captions, data, trainer
+from engine.training import captions, data, faults, trainer
 from engine.training.kohya_format import KOHYA_KEY
 from engine.training.lora_files import trained_family
 from engine.training.options import preset
@@ -331,16 +331,16 @@ def test_prodigy_moves_the_lora_about_as_far_as_adamw(tmp_path: Path, tiny: Path
 
 def test_precision_fits_the_card() -> None:
     yes, no = (lambda: True), (lambda: False)
-    assert trainer.training_precision("bf16", "cuda", yes) == ("bf16", None)
-    precision, why = trainer.training_precision("bf16", "cuda:0", no)
+    assert faults.training_precision("bf16", "cuda", yes) == ("bf16", None)
+    precision, why = faults.training_precision("bf16", "cuda:0", no)
     assert precision == "fp16" and "no native bf16" in why
-    assert trainer.training_precision("fp16", "cuda", no) == ("fp16", None)
-    assert trainer.training_precision("bf16", "cpu", yes) == ("no", None)   # autocast is for CUDA only
+    assert faults.training_precision("fp16", "cuda", no) == ("fp16", None)
+    assert faults.training_precision("bf16", "cpu", yes) == ("no", None)   # autocast is for CUDA only
 
 
 def test_out_of_memory_is_recognised_and_the_advice_fits_the_options() -> None:
-    assert trainer.is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
-    assert trainer.is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
-    assert not trainer.is_out_of_memory(RuntimeError("shape mismatch"))
-    checkpointing = trainer.out_of_memory_message(dataclasses.replace(OPTIONS, gradient_checkpointing=True, batch_size=1))
+    assert faults.is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert faults.is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
+    assert not faults.is_out_of_memory(RuntimeError("shape mismatch"))
+    checkpointing = faults.out_of_memory_message(dataclasses.replace(OPTIONS, gradient_checkpointing=True, batch_size=1))
     assert "gradient_checkpointing" not in checkpointing and "batch_size (now 1)" in checkpointing

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-import importlib.util
 import json
 import logging
 import math
@@ -39,9 +38,11 @@ from engine.models.inference import preferred_device
 from engine.training import data
 from engine.training.captions import with_trigger
 from engine.training.conditioning import for_family
+from engine.training.faults import divergence_message, is_out_of_memory, out_of_memory_message, training_precision
 from engine.training.kohya_format import kohya_metadata, save_kohya_lora, to_kohya_state_dict
 from engine.training.lora_files import epoch_file_name, epoch_files, keep_last
 from engine.training.lora_inject import add_text_encoder_lora, add_unet_lora, lora_state_dict
+from engine.training.optimizers import make_lr_scheduler, make_optimizer, optimizer_description
 from engine.training.options import TrainOptions, group_learning_rates
 
 log = logging.getLogger(__name__)
@@ -119,40 +120,6 @@ def _say(spec: TrainSpec, message: str) -> None:
 
 
 # --- pieces -----------------------------------------------------------------------------------------
-
-
-def prodigy_arguments(options: TrainOptions) -> dict[str, Any]:
-    """kohya-colab's recommended Prodigy arguments (safeguard_warmup only matters with a warmup)."""
-    return {"decouple": True, "weight_decay": 0.01, "betas": (0.9, 0.999), "d_coef": 2.0,
-            "use_bias_correction": True, "safeguard_warmup": options.warmup_ratio > 0}
-
-
-def _optimizer(spec: TrainSpec, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    name = spec.options.optimizer
-    if name == "prodigy":
-        from prodigyopt import Prodigy
-
-        return Prodigy(groups, **prodigy_arguments(spec.options))
-    if name == "adamw8bit":
-        if spec.device.startswith("cuda") and importlib.util.find_spec("bitsandbytes") is not None:
-            import bitsandbytes as bnb
-
-            return bnb.optim.AdamW8bit(groups, weight_decay=0.01)
-        why = "not on a CUDA GPU" if not spec.device.startswith("cuda") else "bitsandbytes is not installed"
-        _say(spec, f"8-bit AdamW is unavailable ({why}): using AdamW, which needs a little more memory")
-    return torch.optim.AdamW(groups, weight_decay=0.01)
-
-
-def _lr_scheduler(options: TrainOptions, optimizer: torch.optim.Optimizer, total: int, warmup: int) -> Any:
-    from diffusers.optimization import get_scheduler
-
-    name = options.lr_scheduler
-    if name == "constant" and warmup > 0:
-        name = "constant_with_warmup"
-    kwargs: dict[str, Any] = {}
-    if name == "cosine_with_restarts":
-        kwargs["num_cycles"] = options.lr_restarts
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total, **kwargs)
 
 
 def multires_noise(noise: torch.Tensor, iterations: int, discount: float, gen: torch.Generator) -> torch.Tensor:
@@ -260,56 +227,7 @@ def _tag_frequency(spec: TrainSpec, train_items: list[data.Item],
     return folders
 
 
-def _divergence_message(spec: TrainSpec, out_dir: Path, bad_steps: list[tuple[int, float]], precision: str) -> str:
-    """What went wrong, from which step, and what to change for the precision this run actually used."""
-    opts = spec.options
-    first, value = bad_steps[0]
-    if math.isfinite(value):
-        head = f"the gradients became NaN or infinite at step {first}"
-    else:
-        head = f"the loss became {'NaN' if math.isnan(value) else 'infinite'} at step {first}"
-    kept = epoch_files(out_dir, spec.name)   # none is saved during skipped steps: the newest is good
-    last = f"; the file of the last good epoch ({kept[-1][1].name}) is kept" if kept else ""
-    advice = (f"lower the learning rate (unet_lr {opts.unet_lr:g}, text_encoder_lr {opts.text_encoder_lr:g})"
-              if opts.optimizer != "prodigy" else "use optimizer adamw with kohya's learning rates")
-    if precision == "fp16":
-        advice += ", or use mixed_precision bf16 (on a GPU that supports it) or no, instead of fp16"
-    return f"{head}, and {len(bad_steps)} steps in a row were skipped: {advice}{last}"
-
-
-def training_precision(requested: str, device: str, bf16_native: Callable[[], bool]) -> tuple[str, str | None]:
-    """(the precision a run uses: "fp16", "bf16" or "no", a line for the member when it is not what was
-    asked). Mixed precision is for CUDA only; bf16 only where the card computes it natively (emulated
-    bf16 on older cards is slow), else fp16 with loss scaling, which every CUDA card has."""
-    if not device.startswith("cuda") or requested == "no":
-        return "no", None
-    if requested == "bf16" and not bf16_native():
-        return "fp16", ("this GPU has no native bf16: training in fp16 with loss scaling instead (if the loss "
-                        "becomes NaN, use mixed_precision no)")
-    return requested, None
-
-
 # --- the run ----------------------------------------------------------------------------------------
-
-
-# Allocation failures that torch raises as a plain RuntimeError rather than OutOfMemoryError.
-_OOM_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
-                "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE")
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.cuda.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and any(marker in str(error) for marker in _OOM_MARKERS))
-
-
-def out_of_memory_message(options: TrainOptions) -> str:
-    """What to lower, and checkpointing only when it is off."""
-    fixes = [f"lower batch_size (now {options.batch_size}{', e.g. 1' if options.batch_size > 1 else ''})"]
-    if not options.gradient_checkpointing:
-        fixes.append("turn on gradient_checkpointing")
-    fixes.append(f"or lower the resolution (now {options.resolution})")
-    return (f"the GPU ran out of memory while training: {', '.join(fixes)}; the files of the finished epochs "
-            "are kept, and a retry with a smaller batch resumes after the last of them")
 
 
 def train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
@@ -385,7 +303,7 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
     if te_params:
         groups.append({"params": te_params, "lr": te_lr})
     trainable = unet_params + te_params
-    optimizer = _optimizer(spec, groups)
+    optimizer = make_optimizer(opts, device, groups, lambda line: _say(spec, line))
 
     # Buckets and the step count: the same for every epoch (only the order changes).
     buckets = data.make_buckets(opts.resolution, opts.bucket_min, opts.bucket_max, opts.bucket_step)
@@ -402,7 +320,7 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
         raise Invalid(f"this would be {total_steps:,} steps; the server allows {opts.max_train_steps_cap:,}: "
                       "lower repeats or epochs")
     warmup = math.ceil(total_steps * opts.warmup_ratio)
-    lr_scheduler = _lr_scheduler(opts, optimizer, total_steps, warmup)
+    lr_scheduler = make_lr_scheduler(opts, optimizer, total_steps, warmup)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     noise_gen = torch.Generator().manual_seed(opts.seed)
@@ -444,9 +362,6 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
     resumed_from = start_epoch - 1
 
     latents = data.LatentCache(vae, device, opts.seed)
-    # As sd-scripts writes it: the class, then its arguments when there are any.
-    optimizer_name = f"{type(optimizer).__module__}.{type(optimizer).__name__}" + (
-        "(" + ",".join(f"{k}={v}" for k, v in prodigy_arguments(opts).items()) + ")" if opts.optimizer == "prodigy" else "")
     tag_frequency = spec.tag_frequency or _tag_frequency(spec, train_items, reg_items)
     started_at = time.time()
     run_start, run_steps = time.perf_counter(), 0
@@ -464,7 +379,7 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
             epochs=opts.epochs, epoch=epoch, steps=global_step, resolution=opts.resolution,
             tag_frequency=tag_frequency, training_started_at=started_at, output_name=spec.name,
             extra={
-                "ss_lr_scheduler": opts.lr_scheduler, "ss_optimizer": optimizer_name,
+                "ss_lr_scheduler": opts.lr_scheduler, "ss_optimizer": optimizer_description(opts, optimizer),
                 "ss_min_snr_gamma": str(opts.min_snr_gamma), "ss_noise_offset": str(opts.noise_offset),
                 "ss_multires_noise_iterations": str(opts.multires_noise_iterations),
                 "ss_multires_noise_discount": str(opts.multires_noise_discount),
@@ -567,7 +482,7 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
             else:
                 bad_steps.append((global_step + 1, value))
                 if len(bad_steps) >= MAX_BAD_STEPS_IN_A_ROW:
-                    raise TrainingDiverged(_divergence_message(spec, out_dir, bad_steps, precision))
+                    raise TrainingDiverged(divergence_message(opts, spec.name, out_dir, bad_steps, precision))
             optimizer.zero_grad(set_to_none=True)
 
             global_step += 1
