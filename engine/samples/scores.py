@@ -54,11 +54,7 @@ def pixel_distance(image: Image.Image, base: Image.Image) -> float:
 def character_gain(tags: Iterable[str], base_tags: Iterable[str], character_tags: Iterable[str]) -> float:
     """Share of `character_tags` found in `tags` but not in `base_tags` (the same prompt and seed at weight 0):
     0 = none of the character came in, 1 = all of it did."""
-    wanted = {tag.lower() for tag in character_tags}
-    if not wanted:
-        return 0.0
-    gained = {t.lower() for t in tags} - {t.lower() for t in base_tags}
-    return len(wanted & gained) / len(wanted)
+    return fidelity({t.lower() for t in tags} - {t.lower() for t in base_tags}, character_tags)
 
 
 def leak(pixel: float, tags: float) -> float:
