@@ -54,7 +54,8 @@ def trigger_only_fidelity(lora: Path, weight: float, seeds: int, clip_skip: int)
     models = shipped()
     renderer = SampleRenderer(resolve_base_model(str(models.sd15)), device="cpu")
     spec = SampleSpec(prompts=[CHARACTER.name], weights=[weight], seeds=list(range(100, 100 + seeds)), steps=10,
-                      guidance=GUIDANCE, size=(64, 64), clip_skip=clip_skip)
+                      guidance=GUIDANCE, size=(64, 64), clip_skip=clip_skip,
+                      batch_size=16)
     reader = ToyReader(models.tagger)
     traits = set(CHARACTER.traits())
     shares = [len(traits & reader.tags(s.image)) / len(traits) for s in renderer.render({"lora": lora}, spec)]

@@ -61,6 +61,9 @@ class IntakeConfig:
     max_file_mb: float = field(default=50.0, metadata=_range(0.1, 1000))
     # Decoded size limit: stops decompression bombs before Pillow allocates them.
     max_pixels: int = field(default=50_000_000, metadata=_range(1_000_000, 400_000_000))
+    # Pixels decoded per upload, all its files together: a 47 KB PNG may declare 49 megapixels, and each
+    # costs seconds of CPU to decode. 1500 is about 125 phone photos of 12 megapixels.
+    max_upload_megapixels: int = field(default=1500, metadata=_range(50, 1_000_000))
     min_side: int = field(default=256, metadata=_range(16, 4096))
     max_side: int = field(default=2048, metadata=_range(256, 8192))
     near_duplicate_distance: int = field(default=6, metadata=_range(0, 32))
@@ -173,6 +176,8 @@ class SamplesConfig:
     # 0: the base model's training resolution (512 for SD1.5, 1024 for SDXL, a diffusers folder's own).
     size: int = field(default=0, metadata={**_range(0, 2048), "check": _sample_size})
     max_leak: float = field(default=0.15, metadata=_range(0.0, 1.0))
+    # Sample images drawn per pipeline call: faster when larger, until the GPU's memory runs out.
+    batch_size: int = field(default=4, metadata=_range(1, 64))
     auto_after_training: bool = True
     extra_models: list[str] = field(default_factory=list)
 

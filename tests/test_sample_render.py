@@ -243,3 +243,21 @@ def test_default_prompts_and_spec_checks() -> None:
                 SampleSpec(prompts=["x"], weights=[0, 3]), SampleSpec(prompts=["x"], size=(60, 64))):
         with pytest.raises(ValueError):
             bad.check()
+
+
+@pytest.mark.parametrize("clip_skip", [1, 2])
+def test_batching_never_changes_a_picture(rendered: Rendered, clip_skip: int) -> None:
+    """A weight's prompts × seeds drawn 4 at a time (6 cells per weight: one full batch of 4, one partial of 2) are the pictures
+    drawn one at a time, cell for cell — with clip skip's own embeddings too."""
+    spec = dataclasses.replace(SPEC, prompts=[PROMPT, "xingbar man, full body"], control_prompts=["a man"],
+                               seeds=[SEED, SEED + 1], weights=[0, 1], clip_skip=clip_skip)
+    files = {"epoch 2": rendered.files["epoch 2"]}
+    alone = rendered.renderer.render(files, dataclasses.replace(spec, batch_size=1))
+    batched = rendered.renderer.render(files, dataclasses.replace(spec, batch_size=4))
+    assert [(s.prompt, s.seed, s.weight) for s in alone] == [(s.prompt, s.seed, s.weight) for s in batched]
+    assert len(alone) == 12
+    for one, many in zip(alone, batched, strict=True):
+        difference = np.abs(np.asarray(one.image, np.int16) - np.asarray(many.image, np.int16)).max()
+        assert difference <= 1, (one.prompt, one.seed, one.weight, difference)
+    # The cells are not all one picture (the comparison above could not pass by drawing nothing).
+    assert len({np.asarray(s.image).tobytes() for s in batched}) == len(batched)

@@ -23,7 +23,7 @@ from engine.models import resolve_base_model
 from engine.models.inference import preferred_device, release_gpu_memory
 from engine.samples.grid import GridImage
 from engine.samples.heatmap import heatmap_png
-from engine.samples.render import Sample, SampleRenderer, SampleSpec, default_prompts, file_grid, grids
+from engine.samples.render import OutOfMemory, Sample, SampleRenderer, SampleSpec, default_prompts, file_grid, grids
 from engine.samples.scores import (
     CellScore, Recommendation, character_gain, fidelity, leak, pixel_distance, recommend, scored_tags)
 from engine.tagging import TaggerError
@@ -68,12 +68,15 @@ def _run(ctx: JobContext) -> dict[str, Any]:
     newest = next(reversed(files.values()))
     spec = SampleSpec(prompts=prompts, control_prompts=controls, weights=params["weights"], seeds=params["seeds"],
                       steps=params["steps"], guidance=params.get("guidance", 7.0), size=(size, size),
-                      clip_skip=lora_files.lora_clip_skip(newest))
+                      clip_skip=lora_files.lora_clip_skip(newest), batch_size=params.get("batch_size", 4))
     spec.check()
     device = preferred_device()
     renderer = SampleRenderer(info, device=device)
     ctx.progress(1, total, f"rendering {len(files)} epochs × {len(spec.weights)} weights at {size} px")
-    samples = renderer.render(files, spec)
+    try:
+        samples = renderer.render(files, spec)
+    except OutOfMemory as exc:
+        raise JobFailed(f"{exc}; the trained epochs are kept, ask for the samples again") from None
     del renderer
     release_gpu_memory()  # one GPU: the tagger and the extra models come next
     ctx.progress(2, total, "reading the samples with the tagger")

@@ -52,3 +52,33 @@ def load_inference_pipeline(info: BaseModelInfo, *, device: str, dtype: Any = No
         if module is not None:
             module.eval()
     return pipe
+
+
+def draw(pipeline: Any, prompt_arguments: dict[str, Any], seeds: list[int], *, device: str, steps: int,
+         guidance: float, width: int, height: int) -> Any:
+    """One batch, one picture per seed: float pixels [n, height, width, 3] in 0–1.
+
+    Each picture gets its own seeded generator (diffusers draws each latent, and each ancestral sampler's
+    noise, from its own batch row's generator), so a picture looks the same whether it was drawn in a batch
+    or alone; on a GPU another batch make-up may change the last bit of some pixels (kernels pick other
+    summation orders), never the picture. `prompt_arguments` hold one prompt (or embedding row) per seed.
+    Out of GPU memory: the cache is emptied and torch's error goes on, for the caller to say which
+    batch size to lower."""
+    import torch
+
+    generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
+    try:
+        with torch.inference_mode():
+            return pipeline(**prompt_arguments, num_inference_steps=steps, guidance_scale=guidance, width=width,
+                            height=height, generator=generators, output_type="np").images
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        raise
+
+
+def to_image(pixels: Any) -> Any:
+    """A PIL picture of `draw`'s float pixels (as diffusers' own "pil" output rounds them)."""
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray((np.clip(pixels, 0.0, 1.0) * 255).round().astype(np.uint8))

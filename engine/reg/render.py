@@ -1,19 +1,15 @@
 """The base pipeline, loaded once, rendering reg pictures a batch at a time.
 
-Each picture gets its own seeded generator (diffusers draws each latent, and each ancestral sampler's
-noise, from the generator of its own batch row), so picture i looks the same whether it was rendered
-in a batch of 4 or alone after a resume; on a GPU, a different batch make-up may change the last bit
-of some pixels (kernels pick other summation orders), never the picture."""
+Picture i looks the same whether it was rendered in a batch of 4 or alone after a resume: each picture
+has its own seeded generator (engine.models.inference.draw)."""
 from __future__ import annotations
 
 import io
-from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from engine.models import resolve_base_model
-from engine.models.inference import load_inference_pipeline, preferred_device
+from engine.models.inference import draw, load_inference_pipeline, preferred_device, to_image
 from engine.reg.spec import RegSpec
 
 # Same encoding as intake's stored pictures: lossless, fast, no metadata (the manifest holds the settings).
@@ -35,19 +31,15 @@ class RegRenderer:
         """PNG bytes of one picture per seed, in order."""
         import torch
 
-        generators = [torch.Generator(self.device).manual_seed(seed) for seed in seeds]
         try:
-            with torch.inference_mode():
-                result = self.pipeline(
-                    prompt=[spec.prompt] * len(seeds), negative_prompt=[spec.negative_prompt] * len(seeds),
-                    num_inference_steps=spec.steps, guidance_scale=spec.guidance, width=spec.width,
-                    height=spec.height, generator=generators, output_type="np")
+            images = draw(self.pipeline, {"prompt": [spec.prompt] * len(seeds),
+                                          "negative_prompt": [spec.negative_prompt] * len(seeds)},
+                          seeds, device=self.device, steps=spec.steps, guidance=spec.guidance, width=spec.width,
+                          height=spec.height)
         except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
             raise RenderFailed(f"the GPU ran out of memory rendering {len(seeds)} pictures of "
                                f"{spec.width}×{spec.height} at once: lower [reg] batch_size (now "
                                f"{spec.batch_size}) and ask again; finished pictures are kept") from None
-        images: Any = result.images
         if not np.isfinite(images).all():
             # fp16 overflow gives NaN latents, which decode to black pictures: never keep those.
             raise RenderFailed("the base model produced broken (NaN, black) pictures: its VAE overflows in half "
@@ -56,7 +48,6 @@ class RegRenderer:
 
 
 def _png(array: np.ndarray) -> bytes:
-    pixels = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG", compress_level=_PNG_COMPRESS_LEVEL)
+    to_image(array).save(buffer, "PNG", compress_level=_PNG_COMPRESS_LEVEL)
     return buffer.getvalue()

@@ -13,7 +13,8 @@ How the weight sweep is done (diffusers 0.42 / peft 0.21):
   set_adapters does not. We therefore never pass cross_attention_kwargs as well (it would square the weight).
 - Weight 0 is the base model: those images are the same for every LoRA file, so they are rendered once,
   with no LoRA loaded at all, and reused for every row (the base-model column).
-- Every image gets a fresh `torch.Generator(device).manual_seed(seed)`, so a cell is reproducible on its own.
+- A weight's prompts × seeds are drawn in batches of `batch_size`, each image with its own seeded generator
+  (engine.models.inference.draw), so a cell is reproducible on its own, whatever the batch size.
 torch and diffusers are imported where they are used.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 from PIL import Image
 
 from engine.models.base import BaseModelInfo
-from engine.models.inference import load_inference_pipeline, preferred_device
+from engine.models.inference import draw, load_inference_pipeline, preferred_device, to_image
 from engine.samples.grid import GridImage, encode_for_discord
 
 DEFAULT_WEIGHTS = (0.0, 0.4, 0.6, 0.8, 1.0)
@@ -56,6 +57,10 @@ def default_prompts(trigger: str, class_name: str) -> tuple[list[str], list[str]
     return trigger_prompts, control_prompts
 
 
+class OutOfMemory(RuntimeError):
+    """The GPU ran out of memory drawing a batch; the message names the setting to lower."""
+
+
 @dataclass(frozen=True)
 class SampleSpec:
     prompts: list[str]                       # trigger prompts
@@ -69,6 +74,8 @@ class SampleSpec:
     # SD 1.x: the text encoder layer prompts are read from, counted from the end, as the LoRA was trained
     # (A1111's "clip skip"; 2 for most anime models). SDXL has no such setting.
     clip_skip: int = 1
+    # Images per pipeline call: more is faster until the GPU's memory runs out; never changes a picture.
+    batch_size: int = 4
 
     def all_prompts(self) -> list[tuple[str, bool]]:
         """(prompt, is_control), trigger prompts first."""
@@ -93,6 +100,8 @@ class SampleSpec:
             raise ValueError(f"sampling steps must be 1 to 150, got {self.steps}")
         if not 1 <= self.clip_skip <= 12:
             raise ValueError(f"clip skip must be 1 to 12, got {self.clip_skip}")
+        if not 1 <= self.batch_size <= 64:
+            raise ValueError(f"sample batch size must be 1 to 64, got {self.batch_size}")
         if not 0.0 <= self.guidance <= 30.0:
             raise ValueError(f"guidance must be 0 to 30, got {self.guidance}")
         width, height = self.size
@@ -127,27 +136,30 @@ class SampleRenderer:
                                                 cache_dir=cache_dir)
         self._adapter_counter = 0
 
-    def _image(self, spec: SampleSpec, prompt: str, seed: int) -> Image.Image:
+    def _images(self, spec: SampleSpec, cases: Sequence[tuple[str, int]]) -> list[Image.Image]:
+        """One image per (prompt, seed), drawn `spec.batch_size` at a time."""
         import torch
 
         width, height = spec.size
-        result = self.pipeline(
-            **self._prompts(spec, prompt),
-            num_inference_steps=spec.steps,
-            guidance_scale=spec.guidance,
-            width=width,
-            height=height,
-            generator=torch.Generator(self.device).manual_seed(seed),
-            output_type="pil",
-        )
-        return result.images[0]
+        images: list[Image.Image] = []
+        for start in range(0, len(cases), spec.batch_size):
+            batch = cases[start:start + spec.batch_size]
+            try:
+                pixels = draw(self.pipeline, self._prompts(spec, [prompt for prompt, _ in batch]),
+                              [seed for _, seed in batch], device=self.device, steps=spec.steps,
+                              guidance=spec.guidance, width=width, height=height)
+            except torch.cuda.OutOfMemoryError:
+                raise OutOfMemory(f"the GPU ran out of memory drawing {len(batch)} samples of {width}×{height} "
+                                   f"at once: lower [samples] batch_size (now {spec.batch_size})") from None
+            images += [to_image(p) for p in pixels]
+        return images
 
-    def _prompts(self, spec: SampleSpec, prompt: str) -> dict[str, Any]:
-        """The pipeline's prompt arguments. With clip skip on SD 1.x the embeddings are made here, the way
-        the trainer makes them: diffusers' own clip_skip path breaks under transformers 5."""
+    def _prompts(self, spec: SampleSpec, prompts: list[str]) -> dict[str, Any]:
+        """The pipeline's prompt arguments, one row per prompt. With clip skip on SD 1.x the embeddings are
+        made here, the way the trainer makes them: diffusers' own clip_skip path breaks under transformers 5."""
         negative = spec.negative_prompt or None
         if spec.clip_skip <= 1 or self.info.family != "sd15":
-            return {"prompt": prompt, "negative_prompt": negative}
+            return {"prompt": prompts, "negative_prompt": [negative] * len(prompts) if negative else None}
         import torch
 
         from engine.training.conditioning import SD15Conditioning
@@ -155,8 +167,8 @@ class SampleRenderer:
         text = SD15Conditioning(self.pipeline, clip_skip=spec.clip_skip, device=self.device, cache=False)
         dtype = self.pipeline.unet.dtype
         with torch.no_grad():
-            return {"prompt_embeds": text.encode([prompt]).hidden.to(dtype),
-                    "negative_prompt_embeds": text.encode([negative or ""]).hidden.to(dtype)}
+            return {"prompt_embeds": text.encode(prompts).hidden.to(dtype),
+                    "negative_prompt_embeds": text.encode([negative or ""] * len(prompts)).hidden.to(dtype)}
 
     def _unload(self) -> None:
         self.pipeline.unload_lora_weights()
@@ -175,8 +187,8 @@ class SampleRenderer:
         self._unload()  # start from the base model even if someone left a LoRA in
         base: dict[tuple[str, int], Image.Image] = {}
         if 0.0 in weights:
-            for prompt, _, seed in cases:
-                base[(prompt, seed)] = self._image(spec, prompt, seed)
+            base = dict(zip([(prompt, seed) for prompt, _, seed in cases],
+                            self._images(spec, [(prompt, seed) for prompt, _, seed in cases]), strict=True))
         samples: list[Sample] = []
         for label, path in lora_files.items():
             self._adapter_counter += 1
@@ -194,8 +206,9 @@ class SampleRenderer:
                         continue
                     # Absolute scale = weight · alpha / rank, in the UNet and the text encoder(s) alike.
                     self.pipeline.set_adapters([adapter], adapter_weights=[weight])
-                    samples += [Sample(label, weight, prompt, seed, is_control, self._image(spec, prompt, seed))
-                                for prompt, is_control, seed in cases]
+                    images = self._images(spec, [(prompt, seed) for prompt, _, seed in cases])
+                    samples += [Sample(label, weight, prompt, seed, is_control, image)
+                                for (prompt, is_control, seed), image in zip(cases, images, strict=True)]
             finally:
                 self._unload()
         return samples
