@@ -104,8 +104,9 @@ class Scheduler:
             _kill_stale_worker(job.worker_pid)
             kind = self._kinds.get(job.kind)
             if kind is not None and kind.resumable and job.attempts < self._config.max_attempts:
-                reason = (f"the bot restarted while this job was running; it is back in the queue "
-                          f"(attempt {job.attempts + 1} of {self._config.max_attempts})")
+                reason = (f"the bot restarted during attempt {job.attempts}: the job went back in the queue "
+                          f"(attempt {job.attempts + 1} of {self._config.max_attempts}) and goes on from the work "
+                          "it had saved")
                 async with self._db.transaction() as tx:
                     await job_rows.requeue(tx, job.id, reason)
                     await job_rows.add_event(tx, job.id, "requeued", {"reason": reason})
@@ -233,7 +234,8 @@ class Scheduler:
     async def _interrupt(self, job: job_rows.JobRow, worker: WorkerProcess) -> None:
         worker.close_stdin()
         await worker.kill(self._config.cancel_grace_s)
-        reason = "the bot was stopped while this job was running; it is back in the queue"
+        reason = "the bot was stopped while this job was running: it went back in the queue and goes on from " \
+                 "the work it had saved"
         async with self._db.transaction() as tx:
             await job_rows.requeue(tx, job.id, reason)
             await tx.execute("UPDATE jobs SET attempts = MAX(attempts - 1, 0) WHERE id = ?", (job.id,))
@@ -298,17 +300,40 @@ class _EventRecorder:
             event = await self._register_artifact(event)
             async with db.transaction() as tx:
                 await job_rows.add_event(tx, self._job.id, "artifact", event, ts)
+        elif event_type == "artifact_moved":
+            event_type = "log"
+            event = await self._move_artifact(event)
+            async with db.transaction() as tx:
+                await job_rows.add_event(tx, self._job.id, "log", event, ts)
         else:
             event_type = "log"
             async with db.transaction() as tx:
                 await job_rows.add_event(tx, self._job.id, "log", event, ts)
         self._scheduler.publish(event_type, self._job.id, self._job.user_id, event)
 
+    def _relative(self, path: Path) -> str | None:
+        """`path` inside this job's project folder, as artifacts name it; None for anything else (a worker's
+        word is never trusted as a path)."""
+        if self._project_dir is None or self._job.project_id is None:
+            return None
+        try:
+            return path.resolve().relative_to(self._project_dir.resolve()).as_posix()
+        except ValueError:
+            return None
+
+    async def _move_artifact(self, event: dict[str, Any]) -> dict[str, Any]:
+        old, new = self._relative(Path(event["old"])), self._relative(Path(event["new"]))
+        moved = False
+        if old is not None and new is not None and (self._project_dir / new).is_file():
+            async with self._db.transaction() as tx:
+                moved = await artifact_rows.move(tx, self._job.project_id, old, new)
+        return {"level": "debug", "message": f"file moved: {old} → {new}" + ("" if moved else " (not registered)")}
+
     async def _register_artifact(self, event: dict[str, Any]) -> dict[str, Any]:
         path = Path(event["path"])
-        if self._project_dir is None or self._job.project_id is None or not path.is_file():
+        relative = self._relative(path)
+        if relative is None or not path.is_file():
             return {**event, "registered": False}
-        relative = path.resolve().relative_to(self._project_dir.resolve()).as_posix()
         digest = await asyncio.to_thread(file_sha256, path)
         async with self._db.transaction() as tx:
             artifact_id = await artifact_rows.upsert(

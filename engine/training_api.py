@@ -153,8 +153,11 @@ class TrainingAPI:
     async def _lora_files(self, actor: Actor, row: ProjectRow) -> dict[int | None, tuple[ArtifactRow, Path]]:
         """epoch → (artifact, path) of the trained files still on disk; None is the final file."""
         found: dict[int | None, tuple[ArtifactRow, Path]] = {}
+        output = self._engine.layout.project(row.user_id, row.dir_name).output
         for artifact in await self._engine.artifacts(actor, row.name):
             path = await self._engine.artifact_path(artifact)
+            if path.parent != output:   # an earlier run's, moved aside: its links work, it is not this run's
+                continue
             if artifact.kind == "lora" and path.is_file():
                 found[None] = (artifact, path)
             elif artifact.kind == "lora-epoch" and path.is_file():
@@ -199,6 +202,7 @@ class TrainingAPI:
                        "general_threshold": tagger.general_threshold,
                        "character_threshold": tagger.character_threshold, "blacklist": tagger.blacklist},
             "weights": sampling.weights, "seeds": sampling.seeds, "steps": sampling.steps, "guidance": sampling.guidance, "size": sampling.size,
+            "batch_size": sampling.batch_size,
             "max_bytes": 8 * 2**20, "max_leak": sampling.max_leak, "extra_models": sampling.extra_models,
         }
         return await engine.enqueue(actor, "samples", row.name, params, follows=follows)

@@ -34,6 +34,12 @@ async def upsert(tx: Tx, *, project_id: int, job_id: int | None, kind: str, path
     return int(row[0])
 
 
+async def move(tx: Tx, project_id: int, old_path: str, new_path: str) -> bool:
+    """Re-points the artifact at `old_path` (a file that was moved); False when none was registered there."""
+    return await tx.execute("UPDATE artifacts SET path = ? WHERE project_id = ? AND path = ?",
+                            (new_path, project_id, old_path)) > 0
+
+
 async def get(db: Database | Tx, artifact_id: int) -> ArtifactRow | None:
     row = await db.fetchone(f"SELECT {_COLUMNS} FROM artifacts WHERE id = ?", (artifact_id,))
     return record(ArtifactRow, row) if row else None

@@ -72,8 +72,8 @@ def test_tiny_run_writes_kohya_files_and_reports_progress(tmp_path: Path, tiny: 
     assert [e.epoch for e in events] == sorted(e.epoch for e in events)
     assert all(math.isfinite(e.loss) and e.it_s > 0 for e in events)
     assert result.total_steps == plan.total_steps and math.isfinite(result.final_loss)
-    # 2 pictures, no flip: 2 VAE encodes, every later use a cache hit.
-    assert (result.latent_cache_misses, result.latent_cache_hits) == (2, 2 * plan.total_steps - 2)
+    # 2 pictures, no flip: 2 VAE encodes before step 1, every use in a step a cache hit.
+    assert (result.latent_cache_misses, result.latent_cache_hits) == (2, 2 * plan.total_steps)
 
 
 def test_reg_balancing_counts() -> None:
@@ -143,14 +143,20 @@ def test_buckets_are_chosen_as_sd_scripts_chooses_them() -> None:
     assert data.pick_bucket((128, 64), [(128, 64), (192, 96)]) == (128, 64)   # a bucket's exact size
 
 
-def test_training_pictures_shrink_by_area_average(tmp_path: Path) -> None:
-    """Shrunk by 3, each pixel is the mean of its 3×3 block (OpenCV's INTER_AREA); Lanczos would also
-    weigh the neighbouring blocks."""
-    noise = np.random.default_rng(3).integers(0, 256, (192, 192, 3), dtype=np.uint8)
+@pytest.mark.parametrize("size", [(192, 192), (203, 157)])
+def test_training_pictures_shrink_by_area_average(tmp_path: Path, size: tuple[int, int]) -> None:
+    """Shrunk to a 64 px bucket as sd-scripts shrinks them, OpenCV's INTER_AREA (each pixel the area-weighted
+    mean of what it covers, at whole and at uneven scales); Lanczos would also weigh the neighbours."""
+    import cv2
+
+    noise = np.random.default_rng(3).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)
     Image.fromarray(noise).save(tmp_path / "noise.png")
     pixels = ((data.load_pixels(tmp_path / "noise.png", (64, 64)) + 1) * 127.5).permute(1, 2, 0).numpy()
-    blocks = noise.reshape(64, 3, 64, 3, 3).mean(axis=(1, 3))
-    assert np.abs(pixels - np.rint(blocks)).max() <= 1.01
+    scale = 64 / min(size)                          # to cover the bucket, then the centre cut out of it
+    width, height = (int(side * scale + 0.5) for side in size)
+    left, top = (width - 64) // 2, (height - 64) // 2
+    reference = cv2.resize(noise, (width, height), interpolation=cv2.INTER_AREA)[top:top + 64, left:left + 64]
+    assert np.abs(pixels - reference.astype(np.float64)).max() <= 1.01
 
 
 def test_latents_are_seeded_samples_of_the_posterior(tmp_path: Path, tiny: Path) -> None:
@@ -184,6 +190,23 @@ def test_latent_cache_is_keyed_by_sample(tmp_path: Path, tiny: Path) -> None:
         assert torch.equal(cache.peek(data.latent_key(item.path, bucket, False)), fresh[item.path])
 
 
+@pytest.mark.parametrize("train_text_encoder", [False, True])
+def test_the_vae_and_frozen_text_encoders_are_freed_before_step_1(tmp_path: Path, tiny: Path,
+                                                                   train_text_encoder: bool) -> None:
+    """Every latent (flips included) and every fixed caption is made before step 1; the VAE and frozen text
+    encoders are then dropped to the meta device, where any later use would fail: the run finishing shows
+    the steps need only the UNet, the LoRA and the optimizer."""
+    project = _project(tmp_path, n=2, reg=5)   # 2 pictures × 2 repeats use 4 of the 5 reg pictures
+    # Shuffled captions change every step, so only fixed ones are embedded ahead.
+    options = {"flip_aug": True, "train_text_encoder": train_text_encoder, "shuffle_captions": False}
+    result = train(_spec(project, tiny, class_name="man", options=options), lambda _: None)
+    assert result.freed_before_step_1 == (("vae",) if train_text_encoder else ("vae", "text_encoder"))
+    assert result.latent_cache_misses == (2 + 4) * 2
+    steps = make_plan(dataclasses.replace(OPTIONS, **options), train_images=2, reg_images=5).total_steps
+    assert result.latent_cache_hits == steps * OPTIONS.batch_size
+    assert result.text_cache_hits == (0 if train_text_encoder else steps * OPTIONS.batch_size)
+
+
 def test_resume_finishes_with_the_same_steps(tmp_path: Path, tiny: Path) -> None:
     project = _project(tmp_path)
     total = make_plan(OPTIONS, train_images=2).total_steps
@@ -206,6 +229,8 @@ def test_resume_finishes_with_the_same_steps(tmp_path: Path, tiny: Path) -> None
     second: list[Progress] = []
     result = train(_spec(project, tiny, resume=True), second.append)
     assert result.resumed_from_epoch == 1
+    # The status message says the run went on after epoch 1, at every step of the second run.
+    assert {e.resumed_from_epoch for e in first} == {0} and {e.resumed_from_epoch for e in second} == {1}
     assert [e.step for e in second] == list(range(total // 2 + 1, total + 1))
     assert second[-1].total_steps == total and result.total_steps == total
     assert (out / "lora.safetensors").is_file() and (out / "lora-02.safetensors").is_file()
@@ -344,3 +369,32 @@ def test_out_of_memory_is_recognised_and_the_advice_fits_the_options() -> None:
     assert not faults.is_out_of_memory(RuntimeError("shape mismatch"))
     checkpointing = faults.out_of_memory_message(dataclasses.replace(OPTIONS, gradient_checkpointing=True, batch_size=1))
     assert "gradient_checkpointing" not in checkpointing and "batch_size (now 1)" in checkpointing
+
+
+def test_a_step_the_scaler_skips_does_not_advance_the_learning_rate() -> None:
+    """fp16's GradScaler (here torch's CPU one: the same logic as CUDA's) skips a step whose gradients
+    overflow and halves its scale; the schedule must wait for a step that was taken. A non-finite loss is
+    never applied; without a scaler, non-finite gradients are not either."""
+    from engine.training.optimizers import optimizer_step
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([weight], lr=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+
+    def step(loss: torch.Tensor, with_scaler: torch.amp.GradScaler = scaler) -> bool:
+        applied = optimizer_step(loss, float(loss.detach()), scaler=with_scaler, optimizer=optimizer,
+                                 lr_scheduler=schedule, trainable=[weight])
+        optimizer.zero_grad(set_to_none=True)
+        return applied
+
+    # Finite loss, gradients that overflow once scaled (1e38 × 1024 > fp32's largest): skipped by the scaler.
+    assert step((weight * 1e38).sum())
+    assert scaler.get_scale() == 512.0 and schedule.last_epoch == 0 and torch.equal(weight.data, torch.ones(3))
+    assert step((weight * 2.0).sum())            # a normal step: applied, the schedule moves
+    assert schedule.last_epoch == 1 and not torch.equal(weight.data, torch.ones(3))
+    before = weight.data.clone()
+    assert not step(weight.sum() * float("nan"))  # a NaN loss: nothing applied
+    no_scaler = torch.amp.GradScaler("cpu", enabled=False)
+    assert not step((weight - weight.detach()).sqrt().sum(), no_scaler)   # loss 0, gradient inf
+    assert schedule.last_epoch == 1 and torch.equal(weight.data, before)

@@ -92,12 +92,7 @@ async def test_download_attaches_or_links(studio: Studio) -> None:
     await captioned_project(studio)
     missing = text_of(await ask(studio, ALICE, "lora download", {"project": "XingBar30"}))
     assert "no trained LoRA yet" in missing
-    job = await studio.engine.training.start(ALICE_ACTOR, "XingBar30", dict(
-        item.split("=") for item in (TINY + ", epochs=2, repeats=1").split(", ")))
-    events = studio.engine.subscribe()
-    while not (event := await events.get()).final or event.job_id != job.id:
-        pass
-    assert event.type == "done", event.data
+    await train_here(studio, "epochs=2, repeats=1")
     output = studio.engine.layout.project(ALICE, "XingBar30").output
 
     answer = await ask(studio, ALICE, "lora download", {"project": "XingBar30"})
@@ -118,4 +113,27 @@ async def test_download_attaches_or_links(studio: Studio) -> None:
             assert await response.read() == (output / "XingBar30.safetensors").read_bytes()
         async with session.get(url[:-3] + "abc") as response:
             assert response.status == 403
+
+    # A new training moves this run's files aside: the link handed out still gives the same file, and
+    # downloads now offer the new run's epochs only.
+    first_run = (output / "XingBar30.safetensors").read_bytes()
+    await train_here(studio, "epochs=1, repeats=1, network_dim=2")
+    [previous] = (output / "previous").iterdir()
+    assert {p.name for p in previous.iterdir()} == {"XingBar30.safetensors", "XingBar30-01.safetensors",
+                                                     "XingBar30-02.safetensors"}
+    assert (output / "XingBar30.safetensors").read_bytes() != first_run
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as response:
+            assert response.status == 200 and await response.read() == first_run
+    gone = text_of(await ask(studio, ALICE, "lora download", {"project": "XingBar30", "epoch": 2}))
+    assert "kept epochs are 1" in gone and "1, 2" not in gone
+
+
+async def train_here(studio: Studio, settings: str) -> None:
+    job = await studio.engine.training.start(ALICE_ACTOR, "XingBar30", dict(
+        item.split("=") for item in f"{TINY}, {settings}".split(", ")))
+    events = studio.engine.subscribe()
+    while not (event := await events.get()).final or event.job_id != job.id:
+        pass
+    assert event.type == "done", event.data
 

@@ -161,3 +161,44 @@ def test_prodigy_plan_says_the_learning_rates_it_runs_at() -> None:
     assert said.startswith("Prodigy finds its own step size") and "1 for the UNet and the text encoder" in said
     frozen = make_plan(apply_overrides(prodigy, {"train_text_encoder": "false"}), train_images=20).explanation
     assert "1 for the UNet (" in " ".join(frozen)
+
+
+def test_the_plan_tells_the_gpu_memory_and_what_lowers_it() -> None:
+    from engine.training import memory
+
+    sd15 = preset("sd15")
+    found = memory.estimate(sd15)
+    plan = make_plan(sd15, train_images=20)
+    assert plan.gpu_memory_gb == round(found.total_gib, 1)
+    [line] = [line for line in plan.explanation if line.startswith("GPU memory")]
+    assert f"about {found.total_gib:.1f} GB for an SD 1.5-sized base model" in line
+    assert "gradient_checkpointing=true would save" in line
+    checkpointed = memory.estimate(dataclasses.replace(sd15, gradient_checkpointing=True))
+    assert found.activations_gib / checkpointed.activations_gib > 5
+    assert "gradient_checkpointing" not in memory.describe(dataclasses.replace(sd15, gradient_checkpointing=True))
+    doubled = memory.estimate(dataclasses.replace(sd15, batch_size=4))
+    assert doubled.activations_gib == pytest.approx(2 * found.activations_gib)
+    # Frozen encoders reading fixed captions are dropped after caching: only the UNet's weights stay.
+    frozen = memory.estimate(dataclasses.replace(sd15, train_text_encoder=False, shuffle_captions=False))
+    assert frozen.weights_gib < found.weights_gib and "UNet 1.6 GB" in memory.describe(
+        dataclasses.replace(sd15, train_text_encoder=False, shuffle_captions=False))
+    assert memory.estimate(dataclasses.replace(sd15, mixed_precision="no")).weights_gib == pytest.approx(
+        2 * found.weights_gib)
+    assert memory.estimate(preset("sdxl")).total_gib > found.total_gib
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_the_memory_table_is_what_bench_vram_counts(family: str) -> None:
+    """The table in memory.py is bench/vram.py's count with lorabake's LoRA injection: a change of the
+    module set (or of the architectures' configs) must come with new figures."""
+    from bench import vram
+    from engine.training.memory import FAMILY_SIZES
+
+    size = FAMILY_SIZES[family]
+    _, unet_params, unet_lora = vram._unet(vram.FAMILIES[family]["unet"], False)
+    text_params, text_lora = vram._text_params(vram.FAMILIES[family]["text"])
+    assert (unet_params, text_params) == (size.unet_params, size.text_params)
+    assert (unet_lora / vram.RANK, text_lora / vram.RANK) == (size.unet_lora_per_rank, size.text_lora_per_rank)
+    if family == "sd15":   # SDXL's activations take ~10 s to count: the bench prints them
+        assert vram.saved_activations(family, checkpointing=False)["kept"] == pytest.approx(size.activations_gib,
+                                                                                             abs=0.001)

@@ -58,3 +58,7 @@ class JobContext:
     def artifact(self, kind: str, path: Path) -> None:
         """Registers a file the job wrote (inside the project folder) as something the user can fetch."""
         self.emit("artifact", kind=kind, path=str(path))
+
+    def artifact_moved(self, old: Path, new: Path) -> None:
+        """A registered file moved (inside the project folder): what names it follows it."""
+        self.emit("artifact_moved", old=str(old), new=str(new))

@@ -21,10 +21,12 @@ def run(ctx: JobContext) -> dict[str, Any]:
         options=TrainOptions(**params["options"]), trigger=params.get("trigger", ""),
         class_name=params.get("class_name", ""),
         resume=True, log=ctx.log, on_epoch_saved=lambda path: ctx.artifact("lora-epoch", path),
+        on_file_moved=ctx.artifact_moved,
     )
 
     def report(progress: Progress) -> None:
-        ctx.progress(progress.step, progress.total_steps, f"epoch {progress.epoch}", epoch=progress.epoch,
+        resumed = f" (went on after the saved epoch {progress.resumed_from_epoch})" if progress.resumed_from_epoch else ""
+        ctx.progress(progress.step, progress.total_steps, f"epoch {progress.epoch}{resumed}", epoch=progress.epoch,
                      loss=progress.loss, lr=progress.lr, it_s=progress.it_s, eta_s=progress.eta_s)
 
     result = train(spec, report)

@@ -12,7 +12,7 @@ embeddings are computed once per caption text and kept on the CPU.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +64,12 @@ class TextConditioning:
             torch.stack([p.hidden for p in parts]).to(self.device),
             None if pooled[0] is None else torch.stack(pooled).to(self.device),  # type: ignore[arg-type]
         )
+
+    def fill(self, captions: Iterable[str]) -> None:
+        """Embeds every caption a run will use (cache on), so the text encoders can go before step 1."""
+        assert self.cache is not None, "only fixed captions of frozen encoders are embedded ahead"
+        for caption in captions:
+            self.cache.get(caption, lambda c=caption: self._encode_one(c))
 
     def _encode_one(self, caption: str) -> TextEmbedding:
         with torch.no_grad():

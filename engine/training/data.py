@@ -20,7 +20,7 @@ import hashlib
 import logging
 import math
 import random
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,6 +257,8 @@ class LatentCache(KeyedCache):
 
     def encode(self, path: Path, bucket: Bucket, flip: bool) -> torch.Tensor:
         pixels = load_pixels(path, bucket, flip).unsqueeze(0).to(self.device, dtype=self.vae.dtype)
+        if next(self.vae.parameters()).is_meta:
+            raise RuntimeError(f"the VAE was freed before {path.name} at {bucket} was encoded")
         key = f"{self.seed}:{path.name}:{bucket[0]}x{bucket[1]}:{int(flip)}".encode()
         generator = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
         with torch.no_grad():
@@ -266,3 +268,8 @@ class LatentCache(KeyedCache):
 
     def latent(self, path: Path, bucket: Bucket, flip: bool) -> torch.Tensor:
         return self.get(latent_key(path, bucket, flip), lambda: self.encode(path, bucket, flip))
+
+    def fill(self, placements: Iterable[tuple[Path, Bucket, bool]]) -> None:
+        """Encodes every (picture, bucket, flip) a run will ask for, so the VAE can go before step 1."""
+        for path, bucket, flip in placements:
+            self.latent(path, bucket, flip)

@@ -4,6 +4,7 @@ and the CLI's processes use this without loading it."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +42,31 @@ def keep_last(folder: Path, name: str, n: int) -> list[Path]:
     for p in doomed:
         p.unlink(missing_ok=True)
     return doomed
+
+
+def move_previous_run(folder: Path, name: str) -> list[tuple[Path, Path]]:
+    """Moves a finished or abandoned run's files (`<name>-NN.safetensors` and `<name>.safetensors`) out of
+    the way of a new run, into `previous/<when the newest was written>/`, names unchanged; returns
+    (old, new) per file. They were handed out (download links, artifacts), so they are never deleted:
+    the caller re-points what names them."""
+    folder = Path(folder)
+    final = folder / f"{name}.safetensors"
+    files = [path for _, path in epoch_files(folder, name)] if folder.is_dir() else []
+    files += [final] if final.is_file() else []
+    if not files:
+        return []
+    written = time.strftime("%Y-%m-%d_%H%M%S", time.gmtime(max(path.stat().st_mtime for path in files)))
+    target = folder / "previous" / written
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = folder / "previous" / f"{written}_{suffix}"
+    target.mkdir(parents=True)
+    moved = []
+    for path in files:
+        path.replace(target / path.name)
+        moved.append((path, target / path.name))
+    return moved
 
 
 def lora_metadata(path: Path) -> dict[str, str] | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -50,3 +51,29 @@ def make_lr_scheduler(options: TrainOptions, optimizer: torch.optim.Optimizer, t
     if name == "cosine_with_restarts":
         kwargs["num_cycles"] = options.lr_restarts
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total, **kwargs)
+
+
+MAX_GRAD_NORM = 1.0   # sd-scripts' default
+
+
+def optimizer_step(loss: torch.Tensor, value: float, *, scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer,
+                   lr_scheduler: Any, trainable: list[torch.nn.Parameter]) -> bool:
+    """One optimizer step for `loss` (whose float is `value`), unless the loss or (without a scaler, which
+    skips those itself) the gradients are not finite: such a step is not applied, and False says so.
+    The caller zeroes the gradients."""
+    applied = math.isfinite(value)
+    if applied:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM))
+        applied = scaler.is_enabled() or math.isfinite(grad_norm)
+    if not applied:
+        return False
+    scale_before = scaler.get_scale() if scaler.is_enabled() else 0.0
+    scaler.step(optimizer)
+    scaler.update()
+    # The scaler skips a step whose gradients overflowed (and lowers its scale): the learning rate
+    # schedule waits for a step that was taken, as accelerate does for sd-scripts.
+    if not scaler.is_enabled() or scaler.get_scale() >= scale_before:
+        lr_scheduler.step()
+    return True

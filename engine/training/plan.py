@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from engine.errors import Invalid
+from engine.training import memory
 from engine.training.options import TrainOptions, group_learning_rates
 
 RULE_OF_THUMB = (200, 400)  # training pictures × repeats per epoch that kohya-colab recommends
@@ -30,6 +31,7 @@ class TrainPlan:
     warmup_steps: int
     reg_doubling: bool
     estimated_seconds: float | None
+    gpu_memory_gb: float         # during the steps, for a base model of the family's usual size (memory.py)
     explanation: tuple[str, ...]  # sentences for the member, in order
 
 
@@ -66,6 +68,7 @@ def make_plan(options: TrainOptions, *, train_images: int, reg_images: int = 0,
     if estimate is not None:
         source = f" ({speed_source})" if speed_source else ""
         lines.append(f"At about {seconds_per_step:.2g} s per step{source} that takes about {_duration(estimate)}.")
+    lines.append(memory.describe(options))
     if options.optimizer == "prodigy":
         unet_lr, _ = group_learning_rates(options)
         trained = "the UNet and the text encoder" if options.train_text_encoder else "the UNet"
@@ -81,7 +84,8 @@ def make_plan(options: TrainOptions, *, train_images: int, reg_images: int = 0,
         images=train_images, reg_images=reg_images, repeats=repeats, epochs=epochs, batch_size=batch,
         images_per_epoch=per_epoch, reg_per_epoch=reg_per_epoch, steps_per_epoch=steps_per_epoch,
         total_steps=total, warmup_steps=math.ceil(total * options.warmup_ratio), reg_doubling=doubling,
-        estimated_seconds=estimate, explanation=tuple(lines),
+        estimated_seconds=estimate, gpu_memory_gb=round(memory.estimate(options).total_gib, 1),
+        explanation=tuple(lines),
     )
 
 

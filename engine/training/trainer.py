@@ -40,16 +40,15 @@ from engine.training.captions import with_trigger
 from engine.training.conditioning import for_family
 from engine.training.faults import divergence_message, is_out_of_memory, out_of_memory_message, training_precision
 from engine.training.kohya_format import kohya_metadata, save_kohya_lora, to_kohya_state_dict
-from engine.training.lora_files import epoch_file_name, epoch_files, keep_last
+from engine.training.lora_files import epoch_file_name, keep_last, move_previous_run
 from engine.training.lora_inject import add_text_encoder_lora, add_unet_lora, lora_state_dict
-from engine.training.optimizers import make_lr_scheduler, make_optimizer, optimizer_description
+from engine.training.optimizers import make_lr_scheduler, make_optimizer, optimizer_description, optimizer_step
 from engine.training.options import TrainOptions, group_learning_rates
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
 STATE_VERSION = 2
-MAX_GRAD_NORM = 1.0   # sd-scripts' default
 # Non-finite steps skipped in a row before the run counts as diverged: one can be a bad batch, several in a
 # row mean the LoRA itself went bad.
 MAX_BAD_STEPS_IN_A_ROW = 3
@@ -75,6 +74,7 @@ class Progress:
     lr: float            # the UNet learning rate now
     it_s: float          # steps per second in this run
     eta_s: float
+    resumed_from_epoch: int = 0   # this run went on after that saved epoch (0: from the start)
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,8 @@ class TrainSpec:
     # Called with each epoch file as soon as it is saved, so a run that is cancelled or fails later still
     # hands out the epochs it finished.
     on_epoch_saved: Callable[[Path], None] | None = None
+    # Called with (old, new) for each file of the previous run moved aside when a fresh run starts.
+    on_file_moved: Callable[[Path, Path], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class TrainResult:
     latent_cache_hits: int
     latent_cache_misses: int
     text_cache_hits: int
+    freed_before_step_1: tuple[str, ...]   # the modules whose memory was given back once caching was done
 
 
 def output_dir(project_dir: Path) -> Path:
@@ -227,6 +230,21 @@ def _tag_frequency(spec: TrainSpec, train_items: list[data.Item],
     return folders
 
 
+def _caption(spec: TrainSpec, sample: data.Sample) -> str:
+    """What a sample is trained on, before shuffling. Reg pictures teach what the class looks like without
+    the character: with the trigger on them, it would mean any of the class."""
+    return sample.item.caption if sample.is_reg else with_trigger(sample.item.caption, spec.trigger)
+
+
+def _free(modules: list[torch.nn.Module], on_cuda: bool) -> None:
+    """Drops modules' weights (to the meta device): any later use fails loudly instead of holding memory."""
+    for module in modules:
+        module.to("meta")
+    gc.collect()
+    if on_cuda:
+        torch.cuda.empty_cache()
+
+
 # --- the run ----------------------------------------------------------------------------------------
 
 
@@ -331,10 +349,15 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
                "optimizer_class": type(optimizer).__name__}
     state = _saved_state(spec, state_path, run_key)
     if state is None:
-        # A fresh run replaces the last one: its epoch files would otherwise mix with this run's (and
-        # keep_last, which keeps the highest numbers, could delete this run's in favour of them).
-        for _, stale in epoch_files(out_dir, spec.name) if out_dir.is_dir() else []:
-            stale.unlink(missing_ok=True)
+        # A fresh run's files must not mix with the last run's (keep_last, which keeps the highest numbers,
+        # could delete this run's in favour of them); the last run's were handed out, so they move aside.
+        moved = move_previous_run(out_dir, spec.name)
+        for old, new in moved:
+            if spec.on_file_moved is not None:
+                spec.on_file_moved(old, new)
+        if moved:
+            _say(spec, f"the previous training's {len(moved)} files were moved to "
+                       f"{moved[0][1].parent.relative_to(spec.project_dir).as_posix()}/ (links to them keep working)")
         state_path.unlink(missing_ok=True)
     else:
         _load_lora_params(unet, state["unet_lora"])
@@ -361,7 +384,19 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
         _say(spec, f"resuming after epoch {state['epoch']} (step {global_step} of {total_steps})")
     resumed_from = start_epoch - 1
 
+    # Every latent, and with frozen encoders every caption's embedding, is made before step 1, so the VAE
+    # and those encoders leave memory for good: the steps need only the UNet, the LoRA and the optimizer
+    # (as sd-scripts frees them, but dropped rather than parked on the CPU: nothing uses them again).
     latents = data.LatentCache(vae, device, opts.seed)
+    used = {s.item.path for s in data.epoch_schedule(train_items, reg_items, opts.repeats, opts.seed, 1)}
+    latents.fill((path, bucket_by_path[path], flip) for path in sorted(used)
+                 for flip in ((False, True) if opts.flip_aug else (False,)))
+    unused = {"vae": vae}
+    if text.cache is not None:
+        text.fill({_caption(spec, data.Sample(item, is_reg))
+                   for items, is_reg in ((train_items, False), (reg_items, True)) for item in items})
+        unused |= {name: getattr(pipe, name) for name in ("text_encoder", "text_encoder_2") if getattr(pipe, name, None) is not None}
+    _free(list(unused.values()), on_cuda)
     tag_frequency = spec.tag_frequency or _tag_frequency(spec, train_items, reg_items)
     started_at = time.time()
     run_start, run_steps = time.perf_counter(), 0
@@ -425,9 +460,7 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
             flips = [opts.flip_aug and rng.random() < 0.5 for _ in batch]
             captions = []
             for sample in batch:
-                # Reg pictures teach what the class looks like without the character: with the trigger on
-                # them, it would mean any of the class.
-                caption = sample.item.caption if sample.is_reg else with_trigger(sample.item.caption, spec.trigger)
+                caption = _caption(spec, sample)
                 if opts.shuffle_captions:
                     caption = data.shuffle_caption(caption, opts.keep_tokens, rng)
                 captions.append(caption)
@@ -462,22 +495,9 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
             loss = (per_sample * loss_weights.to(device)).mean()
             value = float(loss.detach())
 
-            # One optimizer step, unless the loss or (without a scaler, which skips those itself) the
-            # gradients are not finite: such a step is skipped, not applied, and a few in a row end the run.
-            applied = math.isfinite(value)
-            if applied:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM))
-                applied = scaler.is_enabled() or math.isfinite(grad_norm)
-            if applied:
-                scale_before = scaler.get_scale() if scaler.is_enabled() else 0.0
-                scaler.step(optimizer)
-                scaler.update()
-                # The scaler skips a step whose gradients overflowed (and lowers its scale): the learning
-                # rate schedule waits for a step that was taken, as accelerate does for sd-scripts.
-                if not scaler.is_enabled() or scaler.get_scale() >= scale_before:
-                    lr_scheduler.step()
+            # Skipped, not applied, when the loss or the gradients are not finite; a few in a row end the run.
+            if optimizer_step(loss, value, scaler=scaler, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                              trainable=trainable):
                 bad_steps = []
             else:
                 bad_steps.append((global_step + 1, value))
@@ -493,7 +513,8 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
             it_s = run_steps / elapsed if elapsed > 0 else 0.0
             eta = (total_steps - global_step) / it_s if it_s > 0 else 0.0
             report(Progress(epoch=epoch, step=global_step, total_steps=total_steps, loss=ema_loss,
-                            lr=float(lr_scheduler.get_last_lr()[0]), it_s=it_s, eta_s=eta))
+                            lr=float(lr_scheduler.get_last_lr()[0]), it_s=it_s, eta_s=eta,
+                            resumed_from_epoch=resumed_from))
         if bad_steps:
             # Its last steps were skipped: if they are the start of a divergence, this file would be handed
             # out as the last good epoch. The next epoch saved (or the final file) carries its training.
@@ -510,6 +531,7 @@ def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
         total_steps=global_step, steps_per_epoch=steps_per_epoch, final_loss=ema_loss,
         steps_per_second=run_steps / elapsed if elapsed > 0 else 0.0, resumed_from_epoch=resumed_from,
         latent_cache_hits=latents.hits, latent_cache_misses=latents.misses, text_cache_hits=text.cache_hits,
+        freed_before_step_1=tuple(unused),
     )
 
 
