@@ -11,6 +11,7 @@ from bot.access import actor_of
 from bot.buttons import ReportsErrors
 from bot.render import clip
 from bot.replies import report_error
+from engine.intake.report import shown_name
 
 
 async def browse_message(interaction: discord.Interaction, project_id: int, index: int,
@@ -28,7 +29,7 @@ async def browse_message(interaction: discord.Interaction, project_id: int, inde
     captions = await engine.captions(actor, project.name, "train")
     embed = discord.Embed(title=clip(f"🖼️ {project.name} — picture {index + 1} of {len(images)}", 256),
                           colour=discord.Colour.teal())
-    embed.description = clip((f"{note}\n" if note else "") + f"`{image.source}` · {image.width}×{image.height}", 4096)
+    embed.description = clip((f"{note}\n" if note else "") + f"`{shown_name(image.source)}` · {image.width}×{image.height}", 4096)
     embed.add_field(name="Tags", value=clip(captions.get(image.id) or "(no caption yet: run /lora tag)", 1024),
                     inline=False)
     embed.set_image(url="attachment://preview.jpg")
@@ -67,7 +68,7 @@ class BrowseButton(ReportsErrors, discord.ui.DynamicItem[discord.ui.Button],
         index = self.index + {"prev": -1, "next": 1}.get(self.action, 0)
         if self.action == "remove":
             removed = await engine.remove_image(actor, self.project_id, self.image_id)
-            note = f"🗑️ Removed `{removed.source}`."
+            note = f"🗑️ Removed `{shown_name(removed.source)}`."
         await interaction.response.defer()
         await interaction.edit_original_response(**await browse_message(interaction, self.project_id, index, note))
 

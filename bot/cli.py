@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bot import cli_curate
+from bot.cli_args import ROW_ID, USER_ID
 from engine.config import MODEL_FAMILIES, ConfigError, load_config
 from engine.errors import Invalid, UserError
 from engine.facade import Engine
@@ -34,7 +35,7 @@ def _common_options(*, with_defaults: bool) -> argparse.ArgumentParser:
     common.add_argument("--config", type=Path, default=default(None),
                         help="config file (default: ./config.toml if it exists, else built-in defaults)")
     common.add_argument("--json", action="store_true", default=default(False), help="print JSON for scripts")
-    common.add_argument("--user", type=int, default=default(CLI_USER),
+    common.add_argument("--user", type=USER_ID, default=default(CLI_USER),
                         help="act as this Discord user id (default 0: local)")
     return common
 
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue = verbs.add_parser("queue", parents=[common], help="queued and running jobs")
     queue.add_argument("--all", action="store_true", help="everyone's jobs, not only --user's")
     cancel = verbs.add_parser("cancel", parents=[common], help="cancel a job")
-    cancel.add_argument("job", type=int)
+    cancel.add_argument("job", type=ROW_ID)
     verbs.add_parser("check", parents=[common], help="run the system check job here and print what it finds")
 
     images = verbs.add_parser("images", parents=[common], help="a project's pictures").add_subparsers(

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
+from bot.cli_args import ROW_ID
 from engine.curation.ops import split_tags
 from engine.facade import Engine
 from engine.records import Actor
@@ -34,7 +35,7 @@ def add_parser(verbs: Any, common: argparse.ArgumentParser, inner: argparse.Argu
     action("dedupe", "remove repeated tags within each caption")
     action("sort", "sort each caption's tags (trigger stays first)")
     edit = action("edit", "replace one picture's caption")
-    edit.add_argument("image_id", type=int)
+    edit.add_argument("image_id", type=ROW_ID)
     edit.add_argument("text")
     action("undo", "undo the last change")
     action("redo", "redo the last undone change")
@@ -70,9 +71,7 @@ async def run(engine: Engine, actor: Actor, args: argparse.Namespace) -> tuple[A
             head = result.description
         else:
             check, head = await curation.check_trigger(actor, project), "trigger checked"
-        lines = [head] + [f"warning: {p}" for p in check.problems] + (
-            [f"a safer trigger: {check.suggestion}"] if check.suggestion else [])
-        return asdict(check), "\n".join(lines)
+        return asdict(check), "\n".join([head, *check.lines()])
     summary = await curation.export(actor, project, args.repeats)
     return {**asdict(summary), "path": str(summary.path)}, (
         f"wrote {summary.path} ({summary.images} pictures, {summary.reg_images} reg pictures, "

@@ -61,7 +61,8 @@ def job_embed(job: Job) -> discord.Embed:
             lines.append(f"ETA {dt.timedelta(seconds=round(progress['eta_s']))}")
         embed.add_field(name="Progress", value=clip("\n".join(lines), 1024), inline=False)
     if job.error:
-        embed.add_field(name="Why" if job.state != "queued" else "Note", value=clip(job.error, 1024), inline=False)
+        # An active job's error is the note its last requeue left; a finished one's says why it ended.
+        embed.add_field(name="Note" if job.active else "Why", value=clip(job.error, 1024), inline=False)
     if job.state == "done" and job.result:
         embed.add_field(name="Result", value=clip(result_text(job.result), 1024), inline=False)
     if job.kept_files:

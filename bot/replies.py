@@ -49,9 +49,21 @@ def describe_error(error: BaseException) -> str:
             "try again, and if it keeps happening tell the server owner the incident code.")
 
 
+async def defer_publicly(interaction: discord.Interaction) -> None:
+    """Defers a command whose answer (a job's status) the channel should see. Should it be refused
+    instead, report_error takes the public "thinking…" away and tells only the member why."""
+    interaction.extras["deferred_publicly"] = True
+    await interaction.response.defer(thinking=True)
+
+
 async def report_error(interaction: discord.Interaction, error: BaseException) -> None:
     text = describe_error(error)
     try:
+        if interaction.extras.get("deferred_publicly") and interaction.response.is_done():
+            try:
+                await interaction.delete_original_response()
+            except discord.HTTPException:   # already gone: the private answer still goes out
+                pass
         await reply(interaction, text)
     except discord.HTTPException:
         log.warning("could not tell user %s about an error: %s", interaction.user.id, text)

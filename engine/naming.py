@@ -3,6 +3,7 @@ value or raises Invalid with a message that says how to fix it."""
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from engine.errors import Invalid
 
@@ -21,10 +22,30 @@ def project_name(value: str) -> str:
     return value
 
 
+# What A1111's and ComfyUI's prompt parsers read as syntax, not as part of a word: ( ) [ ] emphasis, (x:1.5)
+# weights, <lora:…> calls, {a|b} alternatives (dynamic prompts), a backslash escaping the next one.
+PROMPT_SYNTAX = "()[]<>{}|:\\"
+
+
+def _refuse_hidden_and_syntax(value: str, what: str) -> None:
+    """Invisible characters (zero-width, direction marks, controls) would make a word that looks right in
+    Discord but tokenizes as something else; prompt syntax would be misread by the UIs."""
+    for ch in value:
+        if unicodedata.category(ch) in ("Cf", "Cc", "Co", "Cn", "Zl", "Zp"):
+            name = unicodedata.name(ch, "a control character")
+            raise Invalid(f"{what} contains an invisible character (U+{ord(ch):04X} {name}): type it again "
+                          "without pasting, in plain letters")
+    syntax = sorted({ch for ch in value if ch in PROMPT_SYNTAX})
+    if syntax:
+        raise Invalid(f"{what} {value!r} contains {' '.join(syntax)}, which prompts read as syntax (emphasis, "
+                      "weights, LoRA calls, alternatives): use letters, digits, '-' or '_'")
+
+
 def trigger_word(value: str) -> str:
     value = value.strip()
     if not value:
         raise Invalid("the trigger word is empty: pick a made-up word such as XingBar")
+    _refuse_hidden_and_syntax(value, "trigger word")
     if "," in value:
         raise Invalid(f"trigger word {value!r} contains a comma, which splits it into two tags: remove the comma")
     if any(ch.isspace() for ch in value):
@@ -39,6 +60,7 @@ def class_name(value: str) -> str:
     value = " ".join(value.split())
     if not value:
         raise Invalid("the class is empty: say what the character is, e.g. man, woman or 1girl")
+    _refuse_hidden_and_syntax(value, "class")
     if "," in value:
         raise Invalid(f"class {value!r} contains a comma: use a single class such as man, woman or 1girl")
     if len(value) > CLASS_MAX:

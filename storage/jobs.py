@@ -113,8 +113,10 @@ async def last_start_by_user(db: Database | Tx, lane: str) -> dict[int, float]:
 
 
 async def mark_running(tx: Tx, job_id: int, pid: int | None) -> None:
+    """A new attempt: its own progress from zero (not the last attempt's step count). The note a requeue
+    left (`error` of a queued job: why it is being tried again) stays, so the member still reads it."""
     await tx.execute(
-        "UPDATE jobs SET state = 'running', started_at = ?, attempts = attempts + 1, worker_pid = ?, error = NULL "
+        "UPDATE jobs SET state = 'running', started_at = ?, attempts = attempts + 1, worker_pid = ?, progress = NULL "
         "WHERE id = ? AND state = 'queued'",
         (time.time(), pid, job_id),
     )

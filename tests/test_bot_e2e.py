@@ -54,6 +54,24 @@ async def test_new_list_info_keep_each_members_projects_private(studio: Studio) 
     assert "you have no project called 'XingBar30'" in stranger
 
 
+async def test_a_refused_job_command_is_told_only_to_the_member(studio: Studio) -> None:
+    """Job commands answer in the channel (the status message), but a refusal is private: Bob naming
+    Alice's project leaves nothing in the channel, and the public "thinking…" is taken away."""
+    await new_project(studio)
+    for command, options in (("lora tag", {"project": "XingBar30"}), ("lora reg", {"project": "XingBar30"}),
+                             ("lora train", {"project": "XingBar30"}), ("lora samples", {"project": "XingBar30"})):
+        answer = await ask(studio, BOB, command, options)
+        assert "you have no project called 'XingBar30'" in text_of(answer), command
+        assert answer["flags"] & 64, f"{command}: the refusal is ephemeral"
+        interaction = list(studio.fake.interactions.values())[-1]
+        assert interaction.original_id in studio.fake.deleted_messages, f"{command}: the public deferral is gone"
+    public = [m for m in studio.fake.messages.values() if not m["flags"] & 64]
+    assert not any("no project called" in text_of(m) for m in public)
+    # Alice's own command still answers in the channel, where others can follow the job.
+    job = await ask(studio, ALICE, "lora check")
+    assert not job["flags"] & 64 and "System check #" in text_of(job)
+
+
 async def test_bad_input_gets_a_reason_and_changes_nothing(studio: Studio) -> None:
     comma = text_of(await ask(studio, ALICE, "lora new", {"name": "X1", "trigger": "Xing,Bar", "class": "man"}))
     assert "contains a comma" in comma

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 from engine.config import Config
 from engine.facade import Engine
@@ -104,6 +105,17 @@ def test_bad_project_name_is_exit_1_with_one_error_line(tmp_path: Path) -> None:
     assert answer["ok"] is False and "'bad name!'" in answer["error"]
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "data" / "users" / "0" / "bad name!").exists()
+
+
+@pytest.mark.parametrize("args", [("projects", "list", "--user", "-1"),
+                                  ("projects", "new", "Bar", "bar", "man", "--user", str(2**63)),
+                                  ("curate", "edit", "Bar", str(10**23), "solo"),
+                                  ("cancel", "0")])
+def test_numbers_the_database_cannot_hold_are_one_clear_line(tmp_path: Path, args: tuple[str, ...]) -> None:
+    done = lorabake(tmp_path, *args)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "must be" in done.stderr.strip().splitlines()[-1] and "9223372036854775807" in done.stderr
+    assert not (tmp_path / "data" / "users").exists() or not any((tmp_path / "data" / "users").iterdir())
 
 
 def test_unknown_project_and_clash_are_user_errors(tmp_path: Path) -> None:

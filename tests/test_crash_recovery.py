@@ -93,6 +93,10 @@ async def test_kill_9_mid_job_then_restart_requeues_and_tells_the_owner(fake: Fa
         note = await fake.wait_for_message(
             lambda m: m["id"] == str(message.id) and "back in the queue (attempt 2 of 2)" in text_of(m))
         assert "lb:cancel" in str(note["components"]), "a re-queued job can still be cancelled"
+        # Running again, the message still says why, and counts this attempt's own progress.
+        again = await fake.wait_for_message(lambda m: m["id"] == str(message.id) and "attempt 2" in text_of(m)
+                                            and "running" in text_of(m))
+        assert "the bot restarted during attempt 1" in text_of(again) and "holding" in text_of(again)
         gate.write_text("go")
         await fake.wait_for_message(lambda m: m["id"] == str(message.id) and "finished" in text_of(m), timeout=30)
         final = await studio.engine.job(job.id)

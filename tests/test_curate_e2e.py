@@ -110,9 +110,15 @@ async def test_replace_and_trigger_commands(studio: Studio) -> None:
 
     changed = text_of(await ask(studio, ALICE, "lora trigger", {"project": "XingBar30", "trigger": "smile"}))
     assert "✅" in changed and "⚠️" in changed, "a trigger the tagger already writes gets a warning"
+    # No base model's tokenizer here: the member is told that check did not run, not that all is well.
+    assert "ℹ️ Not checked: the base model's tokenizer was not available" in changed
     assert all(text.startswith("smile, ") and "XingBar" not in text for text in caption_files(studio).values())
     refused = text_of(await ask(studio, ALICE, "lora trigger", {"project": "XingBar30", "trigger": "Xing, Bar"}))
     assert "comma" in refused
+    for hidden, said in (("Xing\u200bBar", "invisible character (U+200B ZERO WIDTH SPACE)"),
+                         ("Xing\u202eBar", "U+202E RIGHT-TO-LEFT OVERRIDE"), ("(XingBar:1.5)", "( ) :, which prompts read")):
+        refused = text_of(await ask(studio, ALICE, "lora trigger", {"project": "XingBar30", "trigger": hidden}))
+        assert said in refused, refused
     assert all(text.startswith("smile, ") for text in caption_files(studio).values()), "nothing changed"
 
 

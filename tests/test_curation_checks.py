@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 from PIL import Image
 
-from engine.curation.collision import SYLLABLES, check_trigger, common_words, tagger_tag_names
+from engine.curation.collision import MIN_REAL_VOCABULARY, SYLLABLES, check_trigger, common_words, tagger_tag_names
 from engine.curation.export import ExportError, export_project
 from engine.curation.suggest import suggest_traits, trait_category
 from engine.devtools.tiny_models import write_clip_tokenizer, write_tiny_tagger
@@ -90,6 +90,9 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
     for token in ("xi", "xin", "xing</w>", "ca", "cat</w>"):
         vocab[token] = len(vocab)
+    # Entries no merge ever makes, so the check takes it for a real vocabulary (it skips toy-sized ones).
+    while len(vocab) < MIN_REAL_VOCABULARY:
+        vocab[f"unused{len(vocab)}</w>"] = len(vocab)
     (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\nx i\nxi n\nxin g</w>\nc a\nca t</w>\n", encoding="utf-8")
     return folder
@@ -146,6 +149,17 @@ def test_unusable_trigger_and_missing_tokenizer(tmp_path: Path) -> None:
         check_trigger("Xing,Bar", tagger_tags=None, tokenizer_dir=None)
     report = check_trigger("XingBar", tagger_tags=set(), tokenizer_dir=tmp_path / "missing")
     assert report.safe and len(report.skipped) == 1 and "does not exist" in report.skipped[0]
+    assert report.lines()[0] == "✅ No problem found by the checks that could run."
+    assert report.lines()[1].startswith("ℹ️ Not checked: the base model's tokenizer folder")
+
+
+def test_a_toy_vocabulary_is_not_taken_for_a_real_one(tiny_models) -> None:
+    """The tiny model's tokenizer knows a few hundred pieces: that a word is not one of them says nothing
+    about what a real CLIP means by it, so the check is reported as not run instead of "safe"."""
+    report = check_trigger("cat", tagger_tags=set(), tokenizer_dir=tiny_models.sd15 / "tokenizer")
+    [why] = report.skipped
+    assert "a test or toy vocabulary, not CLIP's 49,408" in why and "entries" in why
+    assert any(line.startswith("ℹ️ Not checked") for line in report.lines())
 
 
 # --- export ---------------------------------------------------------------------------------------------------

@@ -155,7 +155,11 @@ def _corrupt_idat() -> bytes:
 
 
 def _frames(colours: list[tuple[int, int, int]]) -> list[Image.Image]:
-    return [Image.new("RGB", (64, 48), colour) for colour in colours]
+    """One colour per frame, with a black corner: a flat picture would be refused as nothing to learn."""
+    frames = [Image.new("RGB", (64, 48), colour) for colour in colours]
+    for frame in frames:
+        frame.paste((0, 0, 0), (0, 0, 8, 8))
+    return frames
 
 
 def _palette_with_transparency() -> bytes:
@@ -250,9 +254,11 @@ CASES = [
     Case("noise.webp", lambda: bytes(np.random.default_rng(3).integers(0, 256, 5000, dtype=np.uint8)),
          ("not a picture (it is unknown data)", "upload PNG, JPEG or WebP")),
     Case("IMG_0001.jpg", lambda: b"\x00\x00\x00\x18ftypheic" + bytes(200),
-         ("an iPhone HEIC picture, which this bot cannot read", "save it as PNG or JPEG")),
-    Case("drawing.png", lambda: encode(photo(4), "BMP"), ("a BMP picture", "save it as PNG or JPEG")),
-    Case("scan.tiff", lambda: encode(photo(4), "TIFF"), ("a TIFF picture", "save it as PNG or JPEG")),
+         ("it is an iPhone HEIC, a picture format this bot cannot read", "save it as PNG or JPEG")),
+    Case("drawing.png", lambda: encode(photo(4), "BMP"), ("it is a BMP, a picture format", "save it as PNG or JPEG")),
+    Case("scan.tiff", lambda: encode(photo(4), "TIFF"), ("it is a TIFF, a picture format", "save it as PNG or JPEG")),
+    Case("logo.png", lambda: b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>',
+         ("it is an SVG drawing, a picture format this bot cannot read", "save it as PNG or JPEG")),
     Case("empty.png", lambda: b"", ("the file is empty", "upload the picture again")),
     # Damaged files.
     Case("cut.png", lambda: _png(5)[:2000], (DAMAGED,)),
@@ -560,6 +566,36 @@ async def test_progress_and_file_names(project: Project) -> None:
                                             "set.zip/in/y.webp"]
     assert all(len(row.phash) == 16 and len(row.sha256) == 64 for row in rows)
     assert len({row.phash for row in rows}) == 5
+
+
+async def test_a_file_name_cannot_forge_report_lines(project: Project) -> None:
+    """Names are shown back to the member: a newline could start a fake "added …" line, a direction
+    override (U+202E) could make "gnp.exe" read as "exe.png". Both are shown escaped."""
+    forged = "a.png\nadded 0099_fake.png as 0099_fake.png"
+    reversed_ = "photo\u202egnp.exe"
+    report = await project.add([_file(forged, _png(130)), _file(reversed_, b"not a picture")])
+    [accepted], [rejected] = report.accepted, report.rejected
+    assert accepted.name == "a.png\\u000aadded 0099_fake.png as 0099_fake.png"
+    assert rejected.name == "photo\\u202egnp.exe"
+    assert [row.source for row in await project.rows()] == [forged]   # what was sent is kept as sent
+
+
+async def test_flat_pictures_and_an_upload_past_its_decoding_budget_are_refused(project: Project) -> None:
+    """A small file may declare a huge picture; one upload decodes at most max_upload_megapixels, in the
+    member's order, and the files past it are refused (with a reason). A picture of one flat colour
+    has nothing to learn from."""
+    flat = _file("blank.png", encode(Image.new("RGB", (300, 300), (40, 90, 200)), "PNG"))
+    big = [_file(f"big{i}.png", _png(140 + i, (1200, 900))) for i in range(4)]   # 1.08 megapixels each
+    limits = dataclasses.replace(LIMITS, max_upload_megapixels=3)
+    report = await project.add([flat, *big], limits)
+    assert [item.name for item in report.accepted] == ["big0.png", "big1.png"]
+    reasons = {item.name: item.reason for item in report.rejected}
+    assert reasons["blank.png"].startswith("it is one flat colour, with nothing in it to learn from")
+    assert reasons["big2.png"] == reasons["big3.png"] == (
+        "this upload's pictures already add up to 3 megapixels, the most one upload may decode: send this and "
+        "the files after it in another upload")
+    again = await project.add([big[2], big[3]], limits)   # a new upload, a new budget
+    assert [item.name for item in again.accepted] == ["big2.png", "big3.png"]
 
 
 async def test_sha256_is_of_the_stored_file(project: Project) -> None:

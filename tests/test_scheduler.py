@@ -13,6 +13,7 @@ from engine.facade import Engine
 from engine.fairshare import fair_order
 from engine.records import EngineEvent
 from engine.scheduler import SchedulerBusy
+from storage import jobs as job_rows
 from storage.jobs import JobRow
 from tests.conftest import ALICE, ALICE_ACTOR, BOB, BOB_ACTOR, MOD_ACTOR
 
@@ -157,8 +158,8 @@ async def test_restart_requeues_interrupted_jobs_or_fails_them_with_a_reason(con
     exhausted = await first.enqueue(BOB_ACTOR, "hold", params={"gate": "/nonexistent"})
     # What a process killed mid-run leaves behind: rows in 'running' (written as the scheduler does).
     async with first._db.transaction() as tx:
-        await tx.execute("UPDATE jobs SET state = 'running', attempts = 1, started_at = 1 WHERE id IN (?, ?)",
-                         (resumable.id, once.id))
+        await tx.execute("UPDATE jobs SET state = 'running', attempts = 1, started_at = 1, "
+                         "progress = '{\"step\": 51, \"total\": 400}' WHERE id IN (?, ?)", (resumable.id, once.id))
         await tx.execute("UPDATE jobs SET state = 'running', attempts = ?, started_at = 1 WHERE id = ?",
                          (config.queue.max_attempts, exhausted.id))
     await first.close()
@@ -173,6 +174,12 @@ async def test_restart_requeues_interrupted_jobs_or_fails_them_with_a_reason(con
     assert gone.state == "failed" and "already been tried 2 times" in (gone.error or "")
     kinds = [e.type for e in await second.job_events(resumable.id)]
     assert kinds == ["queued", "requeued"]
+    # The next attempt starts with its own progress, and the note saying why it runs again stays.
+    async with second._db.transaction() as tx:
+        await job_rows.mark_running(tx, resumable.id, None)
+    running = await second.job(resumable.id)
+    assert running.state == "running" and running.attempts == 2 and not running.progress
+    assert running.error == again.error and "the bot restarted during attempt 1" in running.error
     await second.close()
 
 

@@ -62,7 +62,8 @@ def _write_pictures(folder: Path, count: int, seed: int = 0) -> list[Path]:
 
 
 def reference_input(path: Path, size: int) -> np.ndarray:
-    """Written straight from the kohya recipe, sharing no code with engine.tagging.preprocess."""
+    """Written straight from the kohya recipe, sharing no code with engine.tagging.preprocess: OpenCV's
+    INTER_AREA to shrink, Pillow's Lanczos to enlarge."""
     image = Image.open(path)
     if "A" in image.getbands() or "transparency" in image.info:
         rgba = np.asarray(image.convert("RGBA")).astype(np.float64)
@@ -83,15 +84,10 @@ def reference_input(path: Path, size: int) -> np.ndarray:
 
 
 def _area_average(square: np.ndarray, size: int) -> np.ndarray:
-    """What cv2.resize(..., interpolation=cv2.INTER_AREA) computes when shrinking, as a matrix product: each
-    output pixel weighs every input pixel by the share of it that its footprint covers."""
-    side = square.shape[0]
-    start = np.arange(size)[:, None] * side / size
-    covered = np.minimum(start + side / size, np.arange(1, side + 1)) - np.maximum(start, np.arange(side))
-    weights = np.clip(covered, 0, None) * size / side
-    out = np.einsum("ki,ijc->kjc", weights, square.astype(np.float64))
-    out = np.einsum("kjc,lj->klc", out, weights)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    """sd-scripts' own call (library/utils.py resize_image when shrinking)."""
+    import cv2
+
+    return cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
 
 
 def _palette_with_transparency(rng: np.random.Generator) -> Image.Image:

@@ -52,8 +52,9 @@ async def test_advanced_form_is_prefilled_and_only_edits_count(studio: Studio) -
     wild = dict(form_fields(again.response_data))
     wild["noise"] = wild["noise"].replace("noise_offset = 0", "noise_offset = 2")
     refused = await studio.fake.submit_modal(ALICE, again.response_data["custom_id"], wild)
-    reason = await refused.wait_original(lambda m: "noise_offset" in text_of(m))
-    assert "noise_offset must be between 0 and 0.5, got 2" in text_of(reason)
+    # Refused privately: the public "thinking…" is deleted and the reason comes as an ephemeral follow-up.
+    reason = await refused.wait_followup(lambda m: "noise_offset" in text_of(m))
+    assert "noise_offset must be between 0 and 0.5, got 2" in text_of(reason) and reason["flags"] & 64
 
 
 async def start_training(studio: Studio, epochs: int) -> dict:

@@ -51,9 +51,10 @@ class CurateCog(LoraCog):
         result, check = await self.engine.curation.set_trigger(actor_of(interaction), project, trigger)
         lines = [f"✅ {result.description}"]
         if not check.safe:
-            lines += ["⚠️ This trigger may already mean something to the model:"] + [f"• {p}" for p in check.problems]
-            if check.suggestion:
-                lines.append(f"A safer choice: `{check.suggestion}` (run `/lora trigger` again to switch).")
+            lines.append("This trigger may already mean something to the model:")
+        lines += check.lines()
+        if check.suggestion:
+            lines.append("Run `/lora trigger` again to switch.")
         await interaction.followup.send(clip("\n".join(lines), 2000), ephemeral=True)
 
     @app_commands.command(name="replace", description="Search and replace tags in every caption")

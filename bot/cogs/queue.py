@@ -8,6 +8,7 @@ from bot.access import actor_of, is_admin
 from bot.buttons import job_view
 from bot.cogs import LoraCog
 from bot.render import job_embed, queue_embed
+from bot.replies import defer_publicly
 
 
 class QueueCog(LoraCog):
@@ -35,7 +36,7 @@ class QueueCog(LoraCog):
 
     @app_commands.command(name="check", description="Check the bot's GPU box: device, memory, tagger speed-up")
     async def check(self, interaction: discord.Interaction) -> None:
-        await interaction.response.defer(thinking=True)
+        await defer_publicly(interaction)
         job = await self.engine.enqueue(actor_of(interaction), "check")
         message = await interaction.edit_original_response(embed=job_embed(job), view=job_view(job.id, True))
         await self.bot.status_messages.track(job, message)

@@ -10,6 +10,7 @@ from bot.buttons import job_view
 from bot.cogs import MODEL_CHOICES, LoraCog
 from bot.cogs.projects import own_project_names
 from bot.render import job_embed
+from bot.replies import defer_publicly
 
 
 class RegCog(LoraCog):
@@ -24,7 +25,7 @@ class RegCog(LoraCog):
     async def reg(self, interaction: discord.Interaction, project: str,
                   count: app_commands.Range[int, 1, 10_000] | None = None,
                   prompt: app_commands.Range[str, 1, 300] | None = None, model: str | None = None) -> None:
-        await interaction.response.defer(thinking=True)
+        await defer_publicly(interaction)
         job = await self.engine.reg.start(actor_of(interaction), project, count=count, prompt=prompt, family=model)
         message = await interaction.edit_original_response(embed=job_embed(job), view=job_view(job.id, True))
         await self.bot.status_messages.track(job, message)

@@ -12,6 +12,7 @@ from bot.cogs import LoraCog
 from bot.cogs.pictures import SETS
 from bot.cogs.projects import own_project_names
 from bot.render import job_embed, tag_page_embed
+from bot.replies import defer_publicly
 
 
 class TagsCog(LoraCog):
@@ -23,7 +24,7 @@ class TagsCog(LoraCog):
     async def tag(self, interaction: discord.Interaction, project: str,
                   general_threshold: app_commands.Range[float, 0.0, 2.0] | None = None,
                   character_threshold: app_commands.Range[float, 0.0, 2.0] | None = None) -> None:
-        await interaction.response.defer(thinking=True)
+        await defer_publicly(interaction)
         job = await self.engine.tag(actor_of(interaction), project, general_threshold=general_threshold,
                                     character_threshold=character_threshold)
         message = await interaction.edit_original_response(embed=job_embed(job), view=job_view(job.id, True))

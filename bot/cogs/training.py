@@ -13,6 +13,7 @@ from bot.buttons import ReportsErrors, job_view
 from bot.cogs import MODEL_CHOICES, LoraCog
 from bot.cogs.projects import own_project_names
 from bot.render import clip, job_embed
+from bot.replies import defer_publicly
 from bot.sample_posts import post_results
 from bot.train_views import AdvancedOptionsModal, parse_settings
 from engine.errors import NotFound
@@ -95,7 +96,7 @@ class TrainingCog(LoraCog):
 
     async def show_plan(self, interaction: discord.Interaction, overrides: dict[str, str], *, project: str,
                         family: str | None) -> None:
-        await interaction.response.defer(thinking=True)
+        await defer_publicly(interaction)
         actor = actor_of(interaction)
         planned = await self.engine.training.plan(actor, project, overrides, family=family)
         token = await self.engine.training.remember(actor, planned.project, overrides, family=family)
@@ -131,7 +132,7 @@ class TrainingCog(LoraCog):
     @app_commands.autocomplete(project=own_project_names)
     async def samples(self, interaction: discord.Interaction, project: str,
                       epoch: app_commands.Range[int, 1, 100] | None = None, rerun: bool = False) -> None:
-        await interaction.response.defer(thinking=True)
+        await defer_publicly(interaction)
         actor = actor_of(interaction)
         if not rerun:
             try:

@@ -31,6 +31,7 @@ from engine.tagging.tags import underscore_rule
 COMMON_WORDS_FILE = Path(__file__).with_name("data") / "common_words.txt"
 # Made-up syllables in the order the suggestion tries them: short, easy to say and type, not English.
 SYLLABLES = ("Zor", "Vex", "Quil", "Drax", "Thar", "Bex", "Kiro", "Zan", "Lux", "Mivo", "Tesh", "Orin")
+MIN_REAL_VOCABULARY = 10_000
 _QUALIFIER = re.compile(r"\s*\([^()]*\)$")   # Danbooru's "(series)" after a character name
 
 
@@ -41,6 +42,16 @@ class CollisionReport:
     suggestion: str | None           # a safer trigger, when there are problems and one was found
     safe: bool                       # no check that could run found a problem
     skipped: list[str] = field(default_factory=list)   # checks that could not run, and why
+
+    def lines(self) -> list[str]:
+        """What the member is told: each problem, the safer choice, and each check that could not run (so
+        "no problem found" is never read as "checked everything")."""
+        said = [f"⚠️ {problem}" for problem in self.problems]
+        if self.suggestion:
+            said.append(f"A safer choice: {self.suggestion}")
+        if not self.problems:
+            said.append("✅ No problem found" + (" by the checks that could run." if self.skipped else "."))
+        return said + [f"ℹ️ Not checked: {why}" for why in self.skipped]
 
 
 def normalise(text: str) -> str:
@@ -120,6 +131,15 @@ class _Checker:
                 first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
                 self.skipped.append(f"the base model's tokenizer in {tokenizer_dir} could not be loaded "
                                     f"({first}), so its vocabulary was not checked")
+            else:
+                # A test or toy model's vocabulary knows a few hundred words: "not one of them" says
+                # nothing about what a real CLIP (49,408 entries) already means by the word.
+                size = len(self.tokenizer)
+                if size < MIN_REAL_VOCABULARY:
+                    self.tokenizer = None
+                    self.skipped.append(f"the base model's tokenizer has only {size:,} entries (a test or toy "
+                                        f"vocabulary, not CLIP's 49,408), so what the word means to a real "
+                                        "model was not checked")
 
     def problems(self, trigger: str) -> list[str]:
         found: list[str] = []

@@ -33,8 +33,8 @@ def open_picture(data: bytes, limits: IntakeConfig) -> Opened:
     sniffed = sniff(data)
     if sniffed.format not in PICTURE_FORMATS:
         if sniffed.picture:
-            raise Refused(f"{sniffed.what} picture, which this bot cannot read: save it as PNG or JPEG and "
-                          "upload that")
+            raise Refused(f"it is {sniffed.what}, a picture format this bot cannot read: save it as PNG or JPEG "
+                          "and upload that")
         raise Refused(f"not a picture (it is {sniffed.what}): {PLEASE_UPLOAD}")
     size = declared_size(sniffed.format, data)
     if size is None:

@@ -12,6 +12,7 @@ from PIL import Image, ImageCms, ImageOps
 from engine.config import IntakeConfig
 from engine.intake.decode import Opened, target_size
 from engine.intake.phash import phash
+from engine.intake.report import Refused
 
 _WHITE = (255, 255, 255)
 _HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
@@ -19,6 +20,8 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 # zlib level 1 writes 2048-px PNGs several times faster than the default 6, for files ~10 % larger.
 _PNG_COMPRESS_LEVEL = 1
 _SRGB = ImageCms.createProfile("sRGB")
+# A picture whose every channel stays within this many levels is one flat colour (JPEG noise allowed).
+FLAT_RANGE = 2
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class Prepared:
     notes: tuple[str, ...]
     sha256: str        # of the PNG bytes, which are a pure function of the pixels (no metadata)
     phash: str
+    decoded_pixels: int   # the picture's size in its file: what decoding it cost, counted per upload
 
 
 def normalise(opened: Opened, limits: IntakeConfig) -> Prepared:
@@ -41,11 +45,14 @@ def normalise(opened: Opened, limits: IntakeConfig) -> Prepared:
         notes.append(f"scaled down from {full[0]}×{full[1]} to {target[0]}×{target[1]}")
     if image.size != target:   # also when a JPEG was decoded at reduced scale
         image = image.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    if all(high - low <= FLAT_RANGE for low, high in image.getextrema()):
+        raise Refused("it is one flat colour, with nothing in it to learn from: upload pictures of the character")
     image.info.clear()         # no EXIF, ICC, text chunks or timestamps in what we store
     buffer = io.BytesIO()
     image.save(buffer, "PNG", compress_level=_PNG_COMPRESS_LEVEL)
     png = buffer.getvalue()
-    return Prepared(png, image.width, image.height, tuple(notes), hashlib.sha256(png).hexdigest(), phash(image))
+    return Prepared(png, image.width, image.height, tuple(notes), hashlib.sha256(png).hexdigest(), phash(image),
+                    full[0] * full[1])
 
 
 def _upright(opened: Opened, notes: list[str]) -> Image.Image:

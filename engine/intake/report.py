@@ -2,7 +2,17 @@
 stored (with what was changed) or why it was turned away."""
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
+
+# Controls (newlines included), format characters (zero-width, direction overrides) and line separators.
+_HIDDEN = ("Cc", "Cf", "Zl", "Zp")
+
+
+def shown_name(name: str) -> str:
+    """A member's file name as reports show it: hidden characters written as \\uXXXX, so a name cannot
+    start a forged report line or reverse the text after it."""
+    return "".join(f"\\u{ord(ch):04x}" if unicodedata.category(ch) in _HIDDEN else ch for ch in name)
 
 
 @dataclass(frozen=True)
@@ -13,17 +23,23 @@ class IncomingFile:
 
 @dataclass(frozen=True)
 class Accepted:
-    name: str          # the member's name for it; a zip entry is "set.zip/inner/a.png"
+    name: str          # the member's name for it (shown_name); a zip entry is "set.zip/inner/a.png"
     filename: str      # stored file name inside dataset/ or reg/, e.g. "0007_img_0001.png"
     width: int
     height: int
     notes: tuple[str, ...]   # what was changed, in the member's words: "rotated upright (EXIF)"
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", shown_name(self.name))
+
 
 @dataclass(frozen=True)
 class Rejected:
-    name: str
+    name: str          # shown_name
     reason: str        # one sentence: what is wrong and what to do about it
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", shown_name(self.name))
 
 
 @dataclass

@@ -110,13 +110,14 @@ class _Intake:
     project_id: int
     kind: str
     limits: IntakeConfig
+    decoded_pixels: int = 0
 
     def prepare_ahead(self, items: list[_Item], index: int, pending: dict[int, asyncio.Task[Prepared]]) -> None:
         """Starts preparing the next files, but only as many as the quotas could still take, so that no
         file being prepared is later turned away for the quota."""
         room = self.project.room(self.limits) - len(pending)
         for ahead in range(index, min(index + _AHEAD, len(items))):
-            if room <= 0:
+            if room <= 0 or self._budget_spent():
                 return
             if ahead not in pending and items[ahead].refused is None:
                 pending[ahead] = asyncio.create_task(asyncio.to_thread(_prepare, items[ahead], self.limits))
@@ -125,8 +126,9 @@ class _Intake:
     async def take(self, item: _Item, prepared_task: asyncio.Task[Prepared] | None) -> Accepted:
         if item.refused is not None:
             raise Refused(item.refused)
-        if prepared_task is None:       # not started ahead: only when the quotas are full
+        if prepared_task is None:       # not started ahead: only when the quotas or the budget are spent
             self._check_quota()
+            self._check_budget(0)
             prepared_task = asyncio.create_task(asyncio.to_thread(_prepare, item, self.limits))
         try:
             prepared = await prepared_task
@@ -136,6 +138,7 @@ class _Intake:
             log.exception("intake failed on %r", item.name)
             raise Refused("something went wrong on our side while reading it: try again, or send it as a PNG "
                           "or JPEG (the server log has the details)") from None
+        self._check_budget(prepared.decoded_pixels)
         self._check_duplicate(prepared)
         filename = self.folder.new_name(item.name_for_file)
         try:
@@ -147,6 +150,20 @@ class _Intake:
             raise Refused("it could not be saved on the server: upload it again in a while") from None
         self.project.add(prepared, filename)
         return Accepted(item.name, filename, prepared.width, prepared.height, prepared.notes)
+
+    def _budget_spent(self) -> bool:
+        return self.decoded_pixels >= self.limits.max_upload_megapixels * 1_000_000
+
+    def _check_budget(self, pixels: int) -> None:
+        """Counts a decoded picture against the upload's budget; refuses it, and every file after the budget
+        is spent (those without decoding them), so one upload's decoding work stays bounded. In the
+        member's order: which files are refused never depends on timing."""
+        budget = self.limits.max_upload_megapixels
+        over = self._budget_spent() or self.decoded_pixels + pixels > budget * 1_000_000
+        self.decoded_pixels += pixels
+        if over:
+            raise Refused(f"this upload's pictures already add up to {budget:,} megapixels, the most one upload "
+                          "may decode: send this and the files after it in another upload")
 
     async def _store_uninterrupted(self, prepared: Prepared, filename: str, source: str) -> None:
         """A cancelled upload still finishes the file it is storing (file and row, or neither): cancelling
