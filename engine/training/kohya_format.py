@@ -28,6 +28,8 @@ from typing import Literal
 import torch
 from safetensors.torch import save as safetensors_save
 
+from engine.training.options import TrainOptions
+
 Family = Literal["sd15", "sdxl"]
 
 BASE_MODEL_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
@@ -176,6 +178,30 @@ def kohya_metadata(
     for key, value in (extra or {}).items():
         meta[str(key)] = str(value)
     return meta
+
+
+def options_metadata(options: TrainOptions, *, prediction: str, optimizer: str, train_images: int,
+                     reg_images: int, total_steps: int) -> dict[str, str]:
+    """The `ss_*` keys sd-scripts writes about how a run was set up (kohya_metadata's `extra`): schedule,
+    optimizer (`optimizer`: its class and arguments, as sd-scripts writes them), noise, captions, buckets."""
+    return {
+        "ss_lr_scheduler": options.lr_scheduler, "ss_optimizer": optimizer,
+        "ss_min_snr_gamma": str(options.min_snr_gamma), "ss_noise_offset": str(options.noise_offset),
+        "ss_multires_noise_iterations": str(options.multires_noise_iterations),
+        "ss_multires_noise_discount": str(options.multires_noise_discount),
+        "ss_seed": str(options.seed),
+        # sd-scripts writes None for SDXL, where clip skip does not apply.
+        "ss_clip_skip": str(options.clip_skip) if options.family == "sd15" else "None",
+        "ss_num_train_images": str(train_images * options.repeats),
+        "ss_num_reg_images": str(reg_images), "ss_prior_loss_weight": str(options.prior_loss_weight),
+        "ss_batch_size_per_device": str(options.batch_size), "ss_max_train_steps": str(total_steps),
+        "ss_keep_tokens": str(options.keep_tokens), "ss_shuffle_caption": str(options.shuffle_captions),
+        "ss_flip_aug": str(options.flip_aug), "ss_mixed_precision": options.mixed_precision,
+        "ss_gradient_checkpointing": str(options.gradient_checkpointing),
+        "ss_enable_bucket": "True", "ss_min_bucket_reso": str(options.bucket_min),
+        "ss_max_bucket_reso": str(options.bucket_max), "ss_bucket_reso_steps": str(options.bucket_step),
+        "modelspec.prediction_type": prediction,
+    }
 
 
 def _addnet_hashes(data: bytes) -> tuple[str, str]:

@@ -33,13 +33,13 @@ import torch.nn.functional as F
 
 from engine.errors import Invalid, UserError
 from engine.jobs.context import JobFailed
-from engine.models.base import load_pipeline, resolve_base_model
+from engine.models.base import BaseModelInfo, load_pipeline, resolve_base_model
 from engine.models.inference import preferred_device
 from engine.training import data
 from engine.training.captions import with_trigger
-from engine.training.conditioning import for_family
+from engine.training.conditioning import TextConditioning, for_family
 from engine.training.faults import divergence_message, is_out_of_memory, out_of_memory_message, training_precision
-from engine.training.kohya_format import kohya_metadata, save_kohya_lora, to_kohya_state_dict
+from engine.training.kohya_format import kohya_metadata, options_metadata, save_kohya_lora, to_kohya_state_dict
 from engine.training.lora_files import epoch_file_name, keep_last, move_previous_run
 from engine.training.lora_inject import add_text_encoder_lora, add_unet_lora, lora_state_dict
 from engine.training.optimizers import make_lr_scheduler, make_optimizer, optimizer_description, optimizer_step
@@ -183,7 +183,8 @@ def _saved_state(spec: TrainSpec, path: Path, run_key: Mapping[str, Any]) -> dic
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
     saved_optimizer, optimizer = state.get("optimizer_class"), run_key["optimizer_class"]
-    if saved_optimizer is not None and saved_optimizer != optimizer and state.get("fingerprint") == run_key["fingerprint"]:
+    same_run = state.get("fingerprint") == run_key["fingerprint"]
+    if saved_optimizer is not None and saved_optimizer != optimizer and same_run:
         # Same options, other optimizer: 8-bit AdamW saved on a GPU with bitsandbytes, plain AdamW here
         # (or the reverse). Their states do not load into each other.
         _say(spec, f"the saved training state was made with {saved_optimizer}, and this machine trains with "
@@ -245,6 +246,285 @@ def _free(modules: list[torch.nn.Module], on_cuda: bool) -> None:
         torch.cuda.empty_cache()
 
 
+# --- the run's parts ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Models:
+    """The base pipeline's parts as a run uses them, frozen, with LoRA injected."""
+    info: BaseModelInfo
+    pipe: Any
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text: TextConditioning
+    weight_dtype: torch.dtype           # of the frozen UNet / text encoders
+    amp_dtype: torch.dtype | None       # autocast's, on CUDA with mixed precision
+    noise_scheduler: Any                # DDPM, from the base model's scheduler config
+    unet_lr: float
+    te_lr: float
+    groups: list[dict[str, Any]]        # the optimizer's parameter groups: UNet LoRA (and text encoder LoRA)
+
+    @property
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.groups for p in group["params"]]
+
+    def kohya_state(self, options: TrainOptions) -> dict[str, torch.Tensor]:
+        te = [lora_state_dict(encoder) for encoder in self.text.encoders] if options.train_text_encoder else []
+        return to_kohya_state_dict(lora_state_dict(self.unet), te, family=self.info.family,
+                                   rank=options.network_dim, alpha=options.network_alpha)
+
+
+def _set_up_models(spec: TrainSpec, info: BaseModelInfo, precision: str) -> _Models:
+    """Loads the pipeline in the training precision, freezes it, and injects LoRA into the UNet (and the text
+    encoder(s) when they are trained); the VAE encodes in fp32 (fp16 VAEs, SDXL's above all, overflow)."""
+    opts, device = spec.options, spec.device
+    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    weight_dtype = amp_dtype or torch.float32
+    pipe = load_pipeline(info, dtype=weight_dtype, device=device)
+    unet, vae = pipe.unet, pipe.vae
+    # Embeddings are cached per caption only when they cannot change: encoders frozen, captions fixed.
+    text = for_family(info.family, pipe, clip_skip=opts.clip_skip, device=device,
+                      cache=not opts.train_text_encoder and not opts.shuffle_captions)
+    if vae.dtype != torch.float32:
+        vae.to(dtype=torch.float32)
+    for module in (unet, vae, *text.encoders):
+        module.requires_grad_(False)
+    vae.eval()
+
+    from diffusers import DDPMScheduler
+
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config, prediction_type=info.prediction)
+    unet_lr, te_lr = group_learning_rates(opts)
+    groups = [{"params": add_unet_lora(unet, opts.network_dim, opts.network_alpha), "lr": unet_lr}]
+    unet.train()
+    if opts.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    te_params: list[torch.nn.Parameter] = []
+    for encoder in text.encoders:
+        encoder.train(opts.train_text_encoder)
+        if opts.train_text_encoder:
+            te_params += add_text_encoder_lora(encoder, opts.network_dim, opts.network_alpha)
+            if opts.gradient_checkpointing:
+                encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if te_params:
+        groups.append({"params": te_params, "lr": te_lr})
+    return _Models(info, pipe, unet, vae, text, weight_dtype, amp_dtype, noise_scheduler, unet_lr, te_lr, groups)
+
+
+@dataclass(frozen=True)
+class _Pictures:
+    """The run's pictures with their captions, sizes and buckets (the same every epoch: only the order changes)."""
+    train: list[data.Item]
+    reg: list[data.Item]
+    size_by_path: dict[Path, tuple[int, int]]
+    bucket_by_path: dict[Path, data.Bucket]
+
+    @classmethod
+    def load(cls, spec: TrainSpec) -> _Pictures:
+        opts, project = spec.options, Path(spec.project_dir)
+        train_items, reg_items = data.load_items(project / "dataset", project / "reg")
+        if not train_items:
+            raise Invalid("there are no training pictures in the dataset folder: add some before training")
+        reg_items = data.as_reg_captions(reg_items, spec.class_name, opts.reg_captions)
+        buckets = data.make_buckets(opts.resolution, opts.bucket_min, opts.bucket_max, opts.bucket_step)
+        sizes = {item.path: data.image_size(item.path) for item in train_items + reg_items}
+        return cls(train_items, reg_items, sizes,
+                   {path: data.pick_bucket(size, buckets) for path, size in sizes.items()})
+
+    def bucket_of(self, sample: data.Sample) -> data.Bucket:
+        return self.bucket_by_path[sample.item.path]
+
+    def epoch(self, options: TrainOptions, epoch: int) -> list[data.Sample]:
+        """Each training picture `repeats` times and as many reg pictures, shuffled for this epoch."""
+        return data.epoch_schedule(self.train, self.reg, options.repeats, options.seed, epoch)
+
+    def steps_per_epoch(self, options: TrainOptions) -> int:
+        return data.count_batches(self.epoch(options, 1), self.bucket_of, options.batch_size)
+
+    def used_placements(self, options: TrainOptions) -> list[tuple[Path, data.Bucket, bool]]:
+        """Every (picture, bucket, flip) a run can ask a latent for: the reg pictures the round-robin uses."""
+        used = sorted({sample.item.path for sample in self.epoch(options, 1)})
+        flips = (False, True) if options.flip_aug else (False,)
+        return [(path, self.bucket_by_path[path], flip) for path in used for flip in flips]
+
+    def fixed_captions(self, spec: TrainSpec) -> set[str]:
+        return {_caption(spec, data.Sample(item, is_reg))
+                for items, is_reg in ((self.train, False), (self.reg, True)) for item in items}
+
+
+@dataclass
+class _Position:
+    """Where a run stands: the last finished epoch, the step, the smoothed loss."""
+    epoch: int = 0
+    step: int = 0
+    ema_loss: float = float("nan")
+
+    def advance(self, loss: float) -> None:
+        self.step += 1
+        if math.isfinite(loss):
+            self.ema_loss = loss if math.isnan(self.ema_loss) else EMA_DECAY * self.ema_loss + (1 - EMA_DECAY) * loss
+
+
+def _batch_loss(spec: TrainSpec, models: _Models, pictures: _Pictures, latents: data.LatentCache,
+                batch: list[data.Sample], rng: random.Random, noise_gen: torch.Generator) -> torch.Tensor:
+    """One batch's loss as sd-scripts computes it: the cached latents (flipped at random), DDPM noise (with
+    offset / multires noise) at random timesteps, the UNet's prediction against the noise or velocity, per
+    sample weighted by the prior-loss weight for reg pictures and min-SNR-γ."""
+    opts, device, scheduler = spec.options, spec.device, models.noise_scheduler
+    flips = [opts.flip_aug and rng.random() < 0.5 for _ in batch]
+    captions = [_caption(spec, sample) for sample in batch]
+    if opts.shuffle_captions:
+        captions = [data.shuffle_caption(caption, opts.keep_tokens, rng) for caption in captions]
+    placements = [data.Placement(pictures.size_by_path[s.item.path], pictures.bucket_of(s), flip)
+                  for s, flip in zip(batch, flips, strict=True)]
+    x0 = torch.stack([latents.latent(s.item.path, p.bucket, p.flip) for s, p in zip(batch, placements, strict=True)])
+
+    noise = torch.randn(x0.shape, generator=noise_gen)
+    if opts.noise_offset:
+        noise = noise + opts.noise_offset * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=noise_gen)
+    if opts.multires_noise_iterations:
+        noise = multires_noise(noise, opts.multires_noise_iterations, opts.multires_noise_discount, noise_gen)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=noise_gen)
+    noisy = scheduler.add_noise(x0, noise, timesteps)
+    prediction = models.info.prediction
+    target = scheduler.get_velocity(x0, noise, timesteps) if prediction == "v_prediction" else noise
+    weights = torch.tensor([opts.prior_loss_weight if s.is_reg else 1.0 for s in batch])
+    if opts.min_snr_gamma > 0:
+        alphas_cumprod = scheduler.alphas_cumprod.to(torch.float32)
+        weights = weights * min_snr_weights(alphas_cumprod, timesteps, opts.min_snr_gamma, prediction)
+
+    autocast = torch.autocast("cuda", dtype=models.amp_dtype) if models.amp_dtype else contextlib.nullcontext()
+    with autocast:
+        embedding = models.text.embed(captions, grad=opts.train_text_encoder)
+        pred = models.unet(noisy.to(device, dtype=models.weight_dtype), timesteps.to(device),
+                           **models.text.unet_kwargs(embedding, placements, models.weight_dtype)).sample
+    per_sample = F.mse_loss(pred.float(), target.to(device), reduction="none").mean(dim=(1, 2, 3))
+    return (per_sample * weights.to(device)).mean()
+
+
+class _Checkpoints:
+    """A run's files in `<project>/output/`: each saved epoch (kohya file + the state to resume from), the
+    final file, and the previous run's files moved aside when this one starts afresh."""
+
+    def __init__(self, spec: TrainSpec, models: _Models, pictures: _Pictures, optimizer: torch.optim.Optimizer,
+                 lr_scheduler: Any, scaler: torch.amp.GradScaler, noise_gen: torch.Generator,
+                 steps_per_epoch: int) -> None:
+        self.spec, self.models, self.pictures = spec, models, pictures
+        self.optimizer, self.lr_scheduler, self.scaler, self.noise_gen = optimizer, lr_scheduler, scaler, noise_gen
+        self.steps_per_epoch, self.total_steps = steps_per_epoch, steps_per_epoch * spec.options.epochs
+        self.out_dir = output_dir(spec.project_dir)
+        self.state_path = self.out_dir / "state" / STATE_FILE
+        self.run_key = {"version": STATE_VERSION, "network_dim": spec.options.network_dim,
+                        "train_text_encoder": spec.options.train_text_encoder, "family": models.info.family,
+                        "fingerprint": _fingerprint(spec, models.info.prediction, pictures.train, pictures.reg),
+                        "optimizer_class": type(optimizer).__name__}
+        self.tag_frequency = spec.tag_frequency or _tag_frequency(spec, pictures.train, pictures.reg)
+        self.started_at = time.time()
+
+    def restore_or_start(self) -> _Position:
+        """The saved state of an interrupted run of the same training, loaded; else a fresh start."""
+        spec, opts = self.spec, self.spec.options
+        state = _saved_state(spec, self.state_path, self.run_key)
+        if state is None:
+            # A fresh run's files must not mix with the last run's (keep_last, which keeps the highest
+            # numbers, could delete this run's in favour of them); the last run's were handed out, so
+            # they move aside.
+            moved = move_previous_run(self.out_dir, spec.name)
+            for old, new in moved:
+                if spec.on_file_moved is not None:
+                    spec.on_file_moved(old, new)
+            if moved:
+                where = moved[0][1].parent.relative_to(spec.project_dir).as_posix()
+                _say(spec, f"the previous training's {len(moved)} files were moved to {where}/ (links to them "
+                           "keep working)")
+            self.state_path.unlink(missing_ok=True)
+            return _Position()
+        _load_lora_params(self.models.unet, state["unet_lora"])
+        if opts.train_text_encoder:
+            for encoder, key in zip(self.models.text.encoders, _TE_STATE_KEYS, strict=False):
+                _load_lora_params(encoder, state[key])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.noise_gen.set_state(state["noise_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        position = _Position(state["epoch"], state["global_step"], state["ema_loss"])
+        if state.get("steps_per_epoch") == self.steps_per_epoch:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        else:   # another batch size: the same epochs are done, in this run's steps
+            position.step = state["epoch"] * self.steps_per_epoch
+            with warnings.catch_warnings():   # "step() before optimizer.step()": on purpose, to catch up
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(position.step):
+                    self.lr_scheduler.step()
+            _say(spec, f"the batch size changed since the saved state: epoch {state['epoch']} ends at step "
+                       f"{position.step} of this run's {self.total_steps}")
+        _say(spec, f"resuming after epoch {state['epoch']} (step {position.step} of {self.total_steps})")
+        return position
+
+    def save_epoch(self, position: _Position) -> Path:
+        spec, opts = self.spec, self.spec.options
+        path = save_kohya_lora(self.out_dir / epoch_file_name(spec.name, position.epoch),
+                               self.models.kohya_state(opts), self._metadata(position))
+        keep_last(self.out_dir, spec.name, opts.keep_last_n)
+        state = {
+            **self.run_key, "epoch": position.epoch, "global_step": position.step,
+            "steps_per_epoch": self.steps_per_epoch, "unet_lora": _lora_params(self.models.unet),
+            **{key: _lora_params(encoder) if opts.train_text_encoder else {}
+               for encoder, key in zip(self.models.text.encoders, _TE_STATE_KEYS, strict=False)},
+            "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
+            "noise_rng": self.noise_gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "ema_loss": position.ema_loss,
+            "options": {k: v for k, v in opts.to_dict().items() if isinstance(v, (int, float, str, bool))},
+        }
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
+        _atomic_torch_save(state, self.state_path)
+        if spec.on_epoch_saved is not None:
+            spec.on_epoch_saved(path)
+        return path
+
+    def save_final(self, position: _Position) -> Path:
+        """`<name>.safetensors`; the state is deleted, so the next training of the project starts afresh."""
+        final = save_kohya_lora(self.out_dir / f"{self.spec.name}.safetensors",
+                                self.models.kohya_state(self.spec.options), self._metadata(position))
+        self.state_path.unlink(missing_ok=True)
+        return final
+
+    def _metadata(self, position: _Position) -> dict[str, str]:
+        opts, models = self.spec.options, self.models
+        return kohya_metadata(
+            base_model=self.spec.base_model, family=models.info.family, rank=opts.network_dim,
+            alpha=opts.network_alpha, unet_lr=models.unet_lr,
+            text_encoder_lr=models.te_lr if opts.train_text_encoder else None, epochs=opts.epochs,
+            epoch=position.epoch, steps=position.step, resolution=opts.resolution, tag_frequency=self.tag_frequency,
+            training_started_at=self.started_at, output_name=self.spec.name,
+            extra=options_metadata(opts, prediction=models.info.prediction,
+                                   optimizer=optimizer_description(opts, self.optimizer),
+                                   train_images=len(self.pictures.train), reg_images=len(self.pictures.reg),
+                                   total_steps=self.total_steps))
+
+
+class _Speed:
+    """Steps per second of this run (a resumed run counts from its own start) and the time left."""
+
+    def __init__(self, total_steps: int, resumed_from: int) -> None:
+        self.total_steps, self.resumed_from = total_steps, resumed_from
+        self.started, self.steps = time.perf_counter(), 0
+
+    @property
+    def it_s(self) -> float:
+        elapsed = time.perf_counter() - self.started
+        return self.steps / elapsed if elapsed > 0 else 0.0
+
+    def progress(self, position: _Position, epoch: int, lr: float) -> Progress:
+        self.steps += 1
+        it_s = self.it_s
+        eta = (self.total_steps - position.step) / it_s if it_s > 0 else 0.0
+        return Progress(epoch=epoch, step=position.step, total_steps=self.total_steps, loss=position.ema_loss,
+                        lr=lr, it_s=it_s, eta_s=eta, resumed_from_epoch=self.resumed_from)
+
+
 # --- the run ----------------------------------------------------------------------------------------
 
 
@@ -262,275 +542,86 @@ def train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
 
 
 def _train(spec: TrainSpec, report: Callable[[Progress], None]) -> TrainResult:
-    opts = spec.options
-    project = Path(spec.project_dir)
-    out_dir = output_dir(project)
-    state_path = out_dir / "state" / STATE_FILE
-    device = spec.device
-    on_cuda = device.startswith("cuda")
-
+    opts, on_cuda = spec.options, spec.device.startswith("cuda")
     info = resolve_base_model(spec.base_model, prediction=spec.prediction)
-    train_items, reg_items = data.load_items(project / "dataset", project / "reg")
-    reg_items = data.as_reg_captions(reg_items, spec.class_name, opts.reg_captions)
-    if not train_items:
-        raise Invalid("there are no training pictures in the dataset folder: add some before training")
+    pictures = _Pictures.load(spec)
 
+    # Set up: seeds, the precision this card runs, the models with LoRA, optimizer and schedule.
     random.seed(opts.seed)
     torch.manual_seed(opts.seed)
     precision, why = training_precision(
-        opts.mixed_precision, device, lambda: torch.cuda.is_bf16_supported(including_emulation=False))
+        opts.mixed_precision, spec.device, lambda: torch.cuda.is_bf16_supported(including_emulation=False))
     if why:
         _say(spec, why)
     if on_cuda:   # the parts kept in fp32 (LoRA weights, VAE) use TF32 matmuls, as sd-scripts allows
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    use_amp = amp_dtype is not None
-    weight_dtype = amp_dtype if use_amp else torch.float32
-
-    pipe = load_pipeline(info, dtype=weight_dtype, device=device)
-    unet, vae = pipe.unet, pipe.vae
-    # Embeddings are cached per caption only when they cannot change: encoders frozen, captions fixed.
-    text = for_family(info.family, pipe, clip_skip=opts.clip_skip, device=device,
-                      cache=not opts.train_text_encoder and not opts.shuffle_captions)
-    if vae.dtype != torch.float32:   # encode in fp32: fp16 VAEs (SDXL's above all) overflow into NaN latents
-        vae.to(dtype=torch.float32)
-    for module in (unet, vae, *text.encoders):
-        module.requires_grad_(False)
-    vae.eval()
-
-    from diffusers import DDPMScheduler
-
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config, prediction_type=info.prediction)
-    alphas_cumprod = noise_scheduler.alphas_cumprod.to(torch.float32)
-    num_train_timesteps = noise_scheduler.config.num_train_timesteps
-
-    unet_params = add_unet_lora(unet, opts.network_dim, opts.network_alpha)
-    te_params: list[torch.nn.Parameter] = []
-    unet.train()
-    if opts.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    for encoder in text.encoders:
-        encoder.train(opts.train_text_encoder)
-        if opts.train_text_encoder:
-            te_params += add_text_encoder_lora(encoder, opts.network_dim, opts.network_alpha)
-            if opts.gradient_checkpointing:
-                encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    unet_lr, te_lr = group_learning_rates(opts)
-    groups = [{"params": unet_params, "lr": unet_lr}]
-    if te_params:
-        groups.append({"params": te_params, "lr": te_lr})
-    trainable = unet_params + te_params
-    optimizer = make_optimizer(opts, device, groups, lambda line: _say(spec, line))
-
-    # Buckets and the step count: the same for every epoch (only the order changes).
-    buckets = data.make_buckets(opts.resolution, opts.bucket_min, opts.bucket_max, opts.bucket_step)
-    size_by_path = {item.path: data.image_size(item.path) for item in train_items + reg_items}
-    bucket_by_path = {path: data.pick_bucket(size, buckets) for path, size in size_by_path.items()}
-
-    def bucket_of(sample: data.Sample) -> data.Bucket:
-        return bucket_by_path[sample.item.path]
-
-    steps_per_epoch = data.count_batches(data.epoch_schedule(train_items, reg_items, opts.repeats, opts.seed, 1),
-                                         bucket_of, opts.batch_size)
+    models = _set_up_models(spec, info, precision)
+    optimizer = make_optimizer(opts, spec.device, models.groups, lambda line: _say(spec, line))
+    steps_per_epoch = pictures.steps_per_epoch(opts)
     total_steps = steps_per_epoch * opts.epochs
     if total_steps > opts.max_train_steps_cap:
         raise Invalid(f"this would be {total_steps:,} steps; the server allows {opts.max_train_steps_cap:,}: "
                       "lower repeats or epochs")
-    warmup = math.ceil(total_steps * opts.warmup_ratio)
-    lr_scheduler = make_lr_scheduler(opts, optimizer, total_steps, warmup)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-
+    lr_scheduler = make_lr_scheduler(opts, optimizer, total_steps, math.ceil(total_steps * opts.warmup_ratio))
+    scaler = torch.amp.GradScaler("cuda", enabled=models.amp_dtype == torch.float16)
     noise_gen = torch.Generator().manual_seed(opts.seed)
-    start_epoch, global_step, ema_loss = 1, 0, float("nan")
-    run_key = {"version": STATE_VERSION, "network_dim": opts.network_dim,
-               "train_text_encoder": opts.train_text_encoder, "family": info.family,
-               "fingerprint": _fingerprint(spec, info.prediction, train_items, reg_items),
-               "optimizer_class": type(optimizer).__name__}
-    state = _saved_state(spec, state_path, run_key)
-    if state is None:
-        # A fresh run's files must not mix with the last run's (keep_last, which keeps the highest numbers,
-        # could delete this run's in favour of them); the last run's were handed out, so they move aside.
-        moved = move_previous_run(out_dir, spec.name)
-        for old, new in moved:
-            if spec.on_file_moved is not None:
-                spec.on_file_moved(old, new)
-        if moved:
-            _say(spec, f"the previous training's {len(moved)} files were moved to "
-                       f"{moved[0][1].parent.relative_to(spec.project_dir).as_posix()}/ (links to them keep working)")
-        state_path.unlink(missing_ok=True)
-    else:
-        _load_lora_params(unet, state["unet_lora"])
-        if opts.train_text_encoder:
-            for encoder, key in zip(text.encoders, _TE_STATE_KEYS, strict=False):
-                _load_lora_params(encoder, state[key])
-        optimizer.load_state_dict(state["optimizer"])
-        if "scaler" in state and scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
-        noise_gen.set_state(state["noise_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch, ema_loss = state["epoch"] + 1, state["ema_loss"]
-        if state.get("steps_per_epoch") == steps_per_epoch:
-            global_step = state["global_step"]
-            lr_scheduler.load_state_dict(state["lr_scheduler"])
-        else:   # another batch size: the same epochs are done, in this run's steps
-            global_step = state["epoch"] * steps_per_epoch
-            with warnings.catch_warnings():   # "step() before optimizer.step()": on purpose, to catch up
-                warnings.simplefilter("ignore", UserWarning)
-                for _ in range(global_step):
-                    lr_scheduler.step()
-            _say(spec, f"the batch size changed since the saved state: epoch {state['epoch']} ends at step "
-                       f"{global_step} of this run's {total_steps}")
-        _say(spec, f"resuming after epoch {state['epoch']} (step {global_step} of {total_steps})")
-    resumed_from = start_epoch - 1
+
+    # Restore an interrupted run of the same training, or start afresh.
+    checkpoints = _Checkpoints(spec, models, pictures, optimizer, lr_scheduler, scaler, noise_gen, steps_per_epoch)
+    position = checkpoints.restore_or_start()
+    resumed_from = position.epoch
 
     # Every latent, and with frozen encoders every caption's embedding, is made before step 1, so the VAE
     # and those encoders leave memory for good: the steps need only the UNet, the LoRA and the optimizer
     # (as sd-scripts frees them, but dropped rather than parked on the CPU: nothing uses them again).
-    latents = data.LatentCache(vae, device, opts.seed)
-    used = {s.item.path for s in data.epoch_schedule(train_items, reg_items, opts.repeats, opts.seed, 1)}
-    latents.fill((path, bucket_by_path[path], flip) for path in sorted(used)
-                 for flip in ((False, True) if opts.flip_aug else (False,)))
-    unused = {"vae": vae}
-    if text.cache is not None:
-        text.fill({_caption(spec, data.Sample(item, is_reg))
-                   for items, is_reg in ((train_items, False), (reg_items, True)) for item in items})
-        unused |= {name: getattr(pipe, name) for name in ("text_encoder", "text_encoder_2") if getattr(pipe, name, None) is not None}
+    latents = data.LatentCache(models.vae, spec.device, opts.seed)
+    latents.fill(pictures.used_placements(opts))
+    unused = {"vae": models.vae}
+    if models.text.cache is not None:
+        models.text.fill(pictures.fixed_captions(spec))
+        unused |= {name: getattr(models.pipe, name) for name in ("text_encoder", "text_encoder_2")
+                   if getattr(models.pipe, name, None) is not None}
     _free(list(unused.values()), on_cuda)
-    tag_frequency = spec.tag_frequency or _tag_frequency(spec, train_items, reg_items)
-    started_at = time.time()
-    run_start, run_steps = time.perf_counter(), 0
-    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if use_amp else contextlib.nullcontext
 
-    def kohya_state() -> dict[str, torch.Tensor]:
-        te = [lora_state_dict(encoder) for encoder in text.encoders] if opts.train_text_encoder else []
-        return to_kohya_state_dict(lora_state_dict(unet), te, family=info.family, rank=opts.network_dim,
-                                   alpha=opts.network_alpha)
-
-    def metadata(epoch: int) -> dict[str, str]:
-        return kohya_metadata(
-            base_model=spec.base_model, family=info.family, rank=opts.network_dim, alpha=opts.network_alpha,
-            unet_lr=unet_lr, text_encoder_lr=te_lr if opts.train_text_encoder else None,
-            epochs=opts.epochs, epoch=epoch, steps=global_step, resolution=opts.resolution,
-            tag_frequency=tag_frequency, training_started_at=started_at, output_name=spec.name,
-            extra={
-                "ss_lr_scheduler": opts.lr_scheduler, "ss_optimizer": optimizer_description(opts, optimizer),
-                "ss_min_snr_gamma": str(opts.min_snr_gamma), "ss_noise_offset": str(opts.noise_offset),
-                "ss_multires_noise_iterations": str(opts.multires_noise_iterations),
-                "ss_multires_noise_discount": str(opts.multires_noise_discount),
-                "ss_seed": str(opts.seed),
-                # sd-scripts writes None for SDXL, where clip skip does not apply.
-                "ss_clip_skip": str(opts.clip_skip) if info.family == "sd15" else "None",
-                "ss_num_train_images": str(len(train_items) * opts.repeats),
-                "ss_num_reg_images": str(len(reg_items)), "ss_prior_loss_weight": str(opts.prior_loss_weight),
-                "ss_batch_size_per_device": str(opts.batch_size), "ss_max_train_steps": str(total_steps),
-                "ss_keep_tokens": str(opts.keep_tokens), "ss_shuffle_caption": str(opts.shuffle_captions),
-                "ss_flip_aug": str(opts.flip_aug), "ss_mixed_precision": opts.mixed_precision,
-                "ss_gradient_checkpointing": str(opts.gradient_checkpointing),
-                "ss_enable_bucket": "True", "ss_min_bucket_reso": str(opts.bucket_min),
-                "ss_max_bucket_reso": str(opts.bucket_max), "ss_bucket_reso_steps": str(opts.bucket_step),
-                "modelspec.prediction_type": info.prediction,
-            },
-        )
-
-    def save_epoch(epoch: int) -> Path:
-        path = save_kohya_lora(out_dir / epoch_file_name(spec.name, epoch), kohya_state(), metadata(epoch))
-        keep_last(out_dir, spec.name, opts.keep_last_n)
-        state = {
-            **run_key, "epoch": epoch, "global_step": global_step, "steps_per_epoch": steps_per_epoch,
-            "unet_lora": _lora_params(unet),
-            **{key: _lora_params(encoder) if opts.train_text_encoder else {}
-               for encoder, key in zip(text.encoders, _TE_STATE_KEYS, strict=False)},
-            "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
-            "noise_rng": noise_gen.get_state(), "torch_rng": torch.get_rng_state(), "ema_loss": ema_loss,
-            "options": {k: v for k, v in opts.to_dict().items() if isinstance(v, (int, float, str, bool))},
-        }
-        if scaler.is_enabled():
-            state["scaler"] = scaler.state_dict()
-        _atomic_torch_save(state, state_path)
-        if spec.on_epoch_saved is not None:
-            spec.on_epoch_saved(path)
-        return path
-
+    speed = _Speed(total_steps, resumed_from)
     bad_steps: list[tuple[int, float]] = []   # (step, loss) of the skipped steps since the last good one
-    for epoch in range(start_epoch, opts.epochs + 1):
+    for epoch in range(position.epoch + 1, opts.epochs + 1):
+        # The epoch's order: shuffled with a seed of its own, batched one bucket per batch.
         rng = random.Random(data.epoch_seed(opts.seed, epoch) ^ 0x5EED)
-        samples = data.epoch_schedule(train_items, reg_items, opts.repeats, opts.seed, epoch)
-        for batch in data.make_batches(samples, bucket_of, opts.batch_size, rng):
-            flips = [opts.flip_aug and rng.random() < 0.5 for _ in batch]
-            captions = []
-            for sample in batch:
-                caption = _caption(spec, sample)
-                if opts.shuffle_captions:
-                    caption = data.shuffle_caption(caption, opts.keep_tokens, rng)
-                captions.append(caption)
-            placements = [data.Placement(size_by_path[s.item.path], bucket_of(s), f)
-                          for s, f in zip(batch, flips, strict=True)]
-            x0 = torch.stack([latents.latent(s.item.path, p.bucket, p.flip)
-                              for s, p in zip(batch, placements, strict=True)])
-            weights = torch.tensor([opts.prior_loss_weight if s.is_reg else 1.0 for s in batch])
-
-            noise = torch.randn(x0.shape, generator=noise_gen)
-            if opts.noise_offset:
-                noise = noise + opts.noise_offset * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=noise_gen)
-            if opts.multires_noise_iterations:
-                noise = multires_noise(noise, opts.multires_noise_iterations, opts.multires_noise_discount,
-                                       noise_gen)
-            timesteps = torch.randint(0, num_train_timesteps, (x0.shape[0],), generator=noise_gen)
-            noisy = noise_scheduler.add_noise(x0, noise, timesteps)
-            if info.prediction == "v_prediction":
-                target = noise_scheduler.get_velocity(x0, noise, timesteps)
-            else:
-                target = noise
-            loss_weights = weights
-            if opts.min_snr_gamma > 0:
-                loss_weights = loss_weights * min_snr_weights(alphas_cumprod, timesteps, opts.min_snr_gamma,
-                                                              info.prediction)
-
-            with autocast():
-                embedding = text.embed(captions, grad=opts.train_text_encoder)
-                pred = unet(noisy.to(device, dtype=weight_dtype), timesteps.to(device),
-                            **text.unet_kwargs(embedding, placements, weight_dtype)).sample
-            per_sample = F.mse_loss(pred.float(), target.to(device), reduction="none").mean(dim=(1, 2, 3))
-            loss = (per_sample * loss_weights.to(device)).mean()
+        for batch in data.make_batches(pictures.epoch(opts, epoch), pictures.bucket_of, opts.batch_size, rng):
+            # The batch's loss.
+            loss = _batch_loss(spec, models, pictures, latents, batch, rng, noise_gen)
             value = float(loss.detach())
-
-            # Skipped, not applied, when the loss or the gradients are not finite; a few in a row end the run.
+            # One optimizer step, skipped when the loss or the gradients are not finite; a few skipped in a
+            # row end the run.
             if optimizer_step(loss, value, scaler=scaler, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                              trainable=trainable):
+                              trainable=models.trainable):
                 bad_steps = []
             else:
-                bad_steps.append((global_step + 1, value))
+                bad_steps.append((position.step + 1, value))
                 if len(bad_steps) >= MAX_BAD_STEPS_IN_A_ROW:
-                    raise TrainingDiverged(divergence_message(opts, spec.name, out_dir, bad_steps, precision))
+                    raise TrainingDiverged(divergence_message(opts, spec.name, checkpoints.out_dir, bad_steps,
+                                                              precision))
             optimizer.zero_grad(set_to_none=True)
-
-            global_step += 1
-            run_steps += 1
-            if math.isfinite(value):
-                ema_loss = value if math.isnan(ema_loss) else EMA_DECAY * ema_loss + (1 - EMA_DECAY) * value
-            elapsed = time.perf_counter() - run_start
-            it_s = run_steps / elapsed if elapsed > 0 else 0.0
-            eta = (total_steps - global_step) / it_s if it_s > 0 else 0.0
-            report(Progress(epoch=epoch, step=global_step, total_steps=total_steps, loss=ema_loss,
-                            lr=float(lr_scheduler.get_last_lr()[0]), it_s=it_s, eta_s=eta,
-                            resumed_from_epoch=resumed_from))
+            # Progress: step, smoothed loss, learning rate, speed, time left.
+            position.advance(value)
+            report(speed.progress(position, epoch, float(lr_scheduler.get_last_lr()[0])))
+        position.epoch = epoch
+        # The epoch's file and state, unless its last steps were skipped: if they start a divergence, that
+        # file would be handed out as the last good epoch (the next one saved carries its training).
         if bad_steps:
-            # Its last steps were skipped: if they are the start of a divergence, this file would be handed
-            # out as the last good epoch. The next epoch saved (or the final file) carries its training.
             _say(spec, f"epoch {epoch} ended on {len(bad_steps)} skipped step(s): its file is not saved")
         elif epoch % opts.save_every_n_epochs == 0 or epoch == opts.epochs:
-            save_epoch(epoch)
+            checkpoints.save_epoch(position)
 
-    final = save_kohya_lora(out_dir / f"{spec.name}.safetensors", kohya_state(), metadata(opts.epochs))
-    state_path.unlink(missing_ok=True)   # finished: the next training of this project starts afresh
-    elapsed = time.perf_counter() - run_start
+    final = checkpoints.save_final(position)
     return TrainResult(
         final_path=final,
-        epoch_paths=tuple(sorted(out_dir.glob(f"{spec.name}-*.safetensors"))),
-        total_steps=global_step, steps_per_epoch=steps_per_epoch, final_loss=ema_loss,
-        steps_per_second=run_steps / elapsed if elapsed > 0 else 0.0, resumed_from_epoch=resumed_from,
-        latent_cache_hits=latents.hits, latent_cache_misses=latents.misses, text_cache_hits=text.cache_hits,
+        epoch_paths=tuple(sorted(checkpoints.out_dir.glob(f"{spec.name}-*.safetensors"))),
+        total_steps=position.step, steps_per_epoch=steps_per_epoch, final_loss=position.ema_loss,
+        steps_per_second=speed.it_s, resumed_from_epoch=resumed_from,
+        latent_cache_hits=latents.hits, latent_cache_misses=latents.misses, text_cache_hits=models.text.cache_hits,
         freed_before_step_1=tuple(unused),
     )
 
