@@ -125,7 +125,8 @@ async def background_load(studio: Studio, condition: str, workdir: Path, tag: st
         yield
         return
     gate = workdir / f"gate-{tag}"
-    job = await studio.engine.enqueue(Actor(LOAD_OWNER_ID, "trainer"), "hold", params={"gate": str(gate), "timeout": 600})
+    job = await studio.engine.enqueue(Actor(LOAD_OWNER_ID, "trainer"), "hold",
+                                      params={"gate": str(gate), "timeout": 600})
     burners: list[asyncio.subprocess.Process] = []
     try:
         # Measure only once the worker subprocess really runs the job, not while it is still starting.
@@ -149,7 +150,8 @@ def is_refusal(message: dict[str, Any] | None) -> bool:
     return (message or {}).get("content", "").startswith(REFUSAL_MARKS)
 
 
-async def timed_slash(fake: FakeDiscord, user: int, command: str, options: dict[str, Any], where: tuple[str, int]) -> Sample:
+async def timed_slash(fake: FakeDiscord, user: int, command: str, options: dict[str, Any],
+                      where: tuple[str, int]) -> Sample:
     it = await fake.slash(user, command, options)
     # fake.slash dispatches before it returns, and it.dispatched_at is fake.now(), i.e. time.monotonic()
     # (the bench never advances the fake's clock). The fake does not record when it accepted the
@@ -199,7 +201,7 @@ async def run_round(fake: FakeDiscord, users: list[int], where: tuple[str, int],
     # The same seed for every condition of a round: each condition gets the same start pattern.
     rng = random.Random(seed)
     delays = [rng.uniform(0, START_SPREAD_S) for _ in users]
-    sessions = await asyncio.gather(*(member_session(fake, u, where, d) for u, d in zip(users, delays)))
+    sessions = await asyncio.gather(*(member_session(fake, u, where, d) for u, d in zip(users, delays, strict=True)))
     return [sample for session in sessions for sample in session]
 
 

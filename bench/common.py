@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 from collections.abc import Sequence
@@ -20,11 +21,9 @@ def machine(*modules: ModuleType) -> str:
     library version are not comparable, so they are printed with the numbers)."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cpu = platform.processor() or platform.machine()
-    try:
+    with contextlib.suppress(OSError, StopIteration):
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     versions = ", ".join(f"{m.__name__} {getattr(m, '__version__', '?')}" for m in modules)
     return f"{cpu}; {usable} usable CPUs of {os.cpu_count()}; Python {platform.python_version()}" + \
         (f", {versions}" if versions else "")

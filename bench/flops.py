@@ -67,7 +67,8 @@ def step_flops(folder: Path | None, resolution: int, batch: int) -> dict[str, fl
     def unet_step() -> None:
         unet(latents, timesteps, hidden).sample.float().square().mean().backward()
 
-    return {"vae": vae_flops, "text encoder": _count(lambda: text(ids)[0]), "unet forward + backward": _count(unet_step)}
+    return {"vae": vae_flops, "text encoder": _count(lambda: text(ids)[0]),
+            "unet forward + backward": _count(unet_step)}
 
 
 def describe(flops: dict[str, float]) -> str:

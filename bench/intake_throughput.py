@@ -17,8 +17,7 @@ from pathlib import Path
 
 from engine.config import IntakeConfig
 from engine.devtools.pictures import picture
-from engine.intake import IncomingFile, add_images
-from engine.intake import service
+from engine.intake import IncomingFile, add_images, service
 from storage.db import Database
 from storage.layout import DataLayout
 from storage.projects import insert_project

@@ -141,10 +141,8 @@ def run_ours(setup: Setup) -> Run:
 
     spec = TrainSpec(project_dir=Path(setup.project), name="bench", base_model=setup.base_model, options=options,
                      trigger=TRIGGER, device=setup.device)
-    try:
+    with contextlib.suppress(_Enough):
         train(spec, progress)
-    except _Enough:
-        pass
     if len(stamps) < end:
         raise SystemExit(f"ours ran {len(stamps)} steps, fewer than warm-up + steps = {end}")
     rss, vram = _peaks(setup)
@@ -297,7 +295,8 @@ def report(setup: Setup, runs: list[Run], load: Run, flops: dict[str, dict[str, 
     unet_ms = ref_breakdown["unet forward"] + ref_breakdown["backward"]
     if as_json:
         print(json.dumps({
-            "machine": machine(torch), "setup": dataclasses.asdict(setup), "runs": [dataclasses.asdict(r) for r in runs],
+            "machine": machine(torch), "setup": dataclasses.asdict(setup),
+            "runs": [dataclasses.asdict(r) for r in runs],
             "load_only": dataclasses.asdict(load), "median_steps_per_s": rates, "peak_rss_mib": rss,
             "peak_vram_mib": vram if setup.device.startswith("cuda") else None, "ratio": ratio, "goal": GOAL,
             "reference_breakdown_ms": ref_breakdown, "reference_unet_share": unet_ms / profiled,
@@ -305,7 +304,8 @@ def report(setup: Setup, runs: list[Run], load: Run, flops: dict[str, dict[str, 
         }, indent=2))
         return
     cuda = setup.device.startswith("cuda")
-    print(f"\n{'side':>10} | {'steps/s per round':<24} | {'median':>7} | {'peak RSS':>9}" + (" | peak VRAM" if cuda else ""))
+    print(f"\n{'side':>10} | {'steps/s per round':<24} | {'median':>7} | {'peak RSS':>9}"
+          + (" | peak VRAM" if cuda else ""))
     for side in SIDES:
         per_round = " ".join(f"{r.steps_per_s:.2f}" for r in runs if r.side == side)
         line = f"{side:>10} | {per_round:<24} | {rates[side]:7.2f} | {rss[side]:6.0f} MiB"
@@ -381,7 +381,8 @@ def main() -> None:
                 run = child(side, setup)
                 runs.append(run)
                 say(f"round {round_no + 1} {side:>9}: {run.steps_per_s:6.2f} steps/s, peak RSS "
-                    f"{run.peak_rss_mib:.0f} MiB" + (f", VRAM {run.peak_vram_mib:.0f} MiB" if run.peak_vram_mib else ""))
+                    f"{run.peak_rss_mib:.0f} MiB"
+                    + (f", VRAM {run.peak_vram_mib:.0f} MiB" if run.peak_vram_mib else ""))
         load = child("load only", setup)
         flops = {}
         if (Path(base) / "unet" / "config.json").is_file():   # a diffusers folder (the tiny model is one)

@@ -29,7 +29,8 @@ async def browse_message(interaction: discord.Interaction, project_id: int, inde
     captions = await engine.captions(actor, project.name, "train")
     embed = discord.Embed(title=clip(f"🖼️ {project.name} — picture {index + 1} of {len(images)}", 256),
                           colour=discord.Colour.teal())
-    embed.description = clip((f"{note}\n" if note else "") + f"`{shown_name(image.source)}` · {image.width}×{image.height}", 4096)
+    where = f"`{shown_name(image.source)}` · {image.width}×{image.height}"
+    embed.description = clip((f"{note}\n" if note else "") + where, 4096)
     embed.add_field(name="Tags", value=clip(captions.get(image.id) or "(no caption yet: run /lora tag)", 1024),
                     inline=False)
     embed.set_image(url="attachment://preview.jpg")

@@ -4,6 +4,7 @@ engine's idea of who owns what, not against the id alone."""
 from __future__ import annotations
 
 import re
+
 import discord
 
 from bot.access import actor_of
@@ -24,7 +25,8 @@ class ReportsErrors:
         raise NotImplementedError
 
 
-class ConfirmDeleteButton(ReportsErrors, discord.ui.DynamicItem[discord.ui.Button], template=r"lb:del:(?P<project_id>\d+):(?P<owner>\d+)"):
+class ConfirmDeleteButton(ReportsErrors, discord.ui.DynamicItem[discord.ui.Button],
+                          template=r"lb:del:(?P<project_id>\d+):(?P<owner>\d+)"):
     def __init__(self, project_id: int, owner: int) -> None:
         self.project_id = project_id
         self.owner = owner

@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True)
     tiny = dev.add_parser("tiny-models", parents=[inner], help="write tiny SD1.5/SDXL pipelines and a tagger")
     tiny.add_argument("dir", type=Path)
-    toy = dev.add_parser("toy-world", parents=[inner], help="the toy world: a base model and tagger that learn on a CPU")
+    toy = dev.add_parser("toy-world", parents=[inner],
+                         help="the toy world: a base model and tagger that learn on a CPU")
     toy_actions = toy.add_subparsers(dest="toy_action")
     toy_actions.add_parser("show", parents=[inner], help="where the shipped toy models are, and how to use them")
     toy_build = toy_actions.add_parser("build", parents=[inner], help="train the toy base model and tagger (~30 min)")
@@ -290,7 +291,8 @@ async def _images_add(engine: Engine, args: argparse.Namespace) -> int:
             raise Invalid(f"{path}: no such file")
         files.append(IncomingFile(path.name, path.read_bytes()))
     report = await engine.add_images(_actor(args), args.project, files, "reg" if args.reg else "train")
-    data = {"accepted": [asdict(item) for item in report.accepted], "rejected": [asdict(item) for item in report.rejected]}
+    data = {"accepted": [asdict(item) for item in report.accepted],
+            "rejected": [asdict(item) for item in report.rejected]}
     lines = [f"added {item.name} as {item.filename}" + (f" ({', '.join(item.notes)})" if item.notes else "")
              for item in report.accepted] + [f"refused {item.name}: {item.reason}" for item in report.rejected]
     _emit(args, data, "\n".join(lines + [report.summary()]))

@@ -62,7 +62,8 @@ async def run(engine: Engine, actor: Actor, args: argparse.Namespace) -> tuple[A
         view = await curation.view(actor, project, "reg" if args.reg else "train")
         rows = [{"tag": s.tag, "count": s.count, "share": s.share, "suggested": s.tag in view.suggested}
                 for s in view.stats]
-        text = "\n".join(f"{'*' if r['suggested'] else ' '} {r['count']:5d} {r['share']:6.1%}  {r['tag']}" for r in rows)
+        text = "\n".join(f"{'*' if r['suggested'] else ' '} {r['count']:5d} {r['share']:6.1%}  {r['tag']}"
+                         for r in rows)
         return {"trigger": view.trigger, "images": view.images, "tags": rows}, \
             (text or "no captions yet") + "\n(* = probably the character's fixed looks: consider removing)"
     if args.action in ("trigger", "check-trigger"):

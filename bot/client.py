@@ -11,9 +11,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.access import AccessPolicy
-from bot.buttons import DYNAMIC_ITEMS
-from bot.curate_views import CURATE_ITEMS
 from bot.browse_views import BrowseButton
+from bot.buttons import DYNAMIC_ITEMS
 from bot.cogs.curate import CurateCog
 from bot.cogs.pictures import PicturesCog
 from bot.cogs.projects import ProjectsCog
@@ -21,6 +20,7 @@ from bot.cogs.queue import QueueCog
 from bot.cogs.reg import RegCog
 from bot.cogs.tags import TagsCog
 from bot.cogs.training import StartTrainingButton, TrainingCog
+from bot.curate_views import CURATE_ITEMS
 from bot.replies import report_error
 from bot.status import StatusMessages
 from engine.config import Config

@@ -54,8 +54,8 @@ async def run_demo(config: Config, *, as_json: bool = False) -> int:
                 print(_score_table(facts["scores"]), flush=True)
 
     models = toy_world.shipped()
-    step("toy world models", 0.0, {"sd15": str(models.sd15), "tagger": str(models.tagger),
-                                   "character": f"{toy_world.CHARACTER.name}: {', '.join(toy_world.CHARACTER.traits())}"})
+    character = f"{toy_world.CHARACTER.name}: {', '.join(toy_world.CHARACTER.traits())}"
+    step("toy world models", 0.0, {"sd15": str(models.sd15), "tagger": str(models.tagger), "character": character})
     engine = await Engine.open(journey.toy_config(config, root))
     try:
         result = await journey.run(engine, DEMO_USER, on_step=step)

@@ -2,6 +2,7 @@
 act on. Every handler (commands, buttons) ends up here when something goes wrong."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 
@@ -60,10 +61,9 @@ async def report_error(interaction: discord.Interaction, error: BaseException) -
     text = describe_error(error)
     try:
         if interaction.extras.get("deferred_publicly") and interaction.response.is_done():
-            try:
+            # Already gone (deleted by a moderator): the private answer still goes out.
+            with contextlib.suppress(discord.HTTPException):
                 await interaction.delete_original_response()
-            except discord.HTTPException:   # already gone: the private answer still goes out
-                pass
         await reply(interaction, text)
     except discord.HTTPException:
         log.warning("could not tell user %s about an error: %s", interaction.user.id, text)

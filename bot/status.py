@@ -14,8 +14,8 @@ import discord
 from bot.buttons import job_view
 from bot.render import job_embed
 from bot.sample_posts import post_results
-from engine.facade import Engine
 from engine.errors import UserError
+from engine.facade import Engine
 from engine.records import Actor, EngineEvent, Job
 
 log = logging.getLogger(__name__)

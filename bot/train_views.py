@@ -15,8 +15,8 @@ from engine.training.options import TrainOptions
 ADVANCED_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("learning", "Learning rates and schedule", ("unet_lr", "text_encoder_lr", "train_text_encoder", "optimizer",
                                      "lr_scheduler", "lr_restarts", "warmup_ratio")),
-    ("noise", "Noise and loss", ("min_snr_gamma", "noise_offset", "multires_noise_iterations", "multires_noise_discount",
-                        "prior_loss_weight")),
+    ("noise", "Noise and loss", ("min_snr_gamma", "noise_offset", "multires_noise_iterations",
+                                 "multires_noise_discount", "prior_loss_weight")),
     ("network", "Network and pictures", ("network_dim", "network_alpha", "resolution", "batch_size", "bucket_min",
                               "bucket_max", "bucket_step")),
     ("captions", "Captions and augmentation", ("keep_tokens", "shuffle_captions", "flip_aug", "clip_skip",

@@ -21,14 +21,16 @@ def looks_uploadable(attachment: discord.Attachment) -> bool:
         attachment.filename.lower().endswith(PICTURE_SUFFIXES)
 
 
-async def download(attachments: Sequence[discord.Attachment], max_bytes: int) -> tuple[list[IncomingFile], list[Rejected]]:
+async def download(attachments: Sequence[discord.Attachment],
+                   max_bytes: int) -> tuple[list[IncomingFile], list[Rejected]]:
     """Reads the attachments, refusing those over the size limit before downloading them."""
     files: list[IncomingFile] = []
     refused: list[Rejected] = []
     for attachment in attachments:
         if attachment.size > max_bytes:
-            refused.append(Rejected(attachment.filename, f"too big ({attachment.size / 2**20:.1f} MB; the limit is "
-                                                         f"{max_bytes / 2**20:.0f} MB): send a smaller file or split the zip"))
+            refused.append(Rejected(attachment.filename,
+                                    f"too big ({attachment.size / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} "
+                                    "MB): send a smaller file or split the zip"))
             continue
         try:
             files.append(IncomingFile(attachment.filename, await attachment.read()))

@@ -288,7 +288,8 @@ def _check_value(spec: dataclasses.Field, value: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a folder path in quotes, got {value!r}")
         return Path(value).expanduser()
     if kind == "list[int]" and "low" not in spec.metadata:
-        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        ids = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        if not ids:
             raise ConfigError(f"{key} must be a list of Discord ids (numbers without quotes), got {value!r}")
         return value
     if kind in ("list[int]", "list[float]"):

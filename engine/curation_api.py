@@ -14,11 +14,11 @@ from engine.curation.history import Curation, OpResult
 from engine.curation.ops import EditCaption, RemoveDuplicates, RemoveTags, ReplaceTags, SetTrigger, SortTags
 from engine.curation.suggest import Suggestion, suggest_traits
 from engine.errors import Invalid
+from engine.records import Actor
 from engine.tagging import TaggerError
+from engine.tagging.analyze import TagCount
 from engine.tagging.model import load_tags
 from engine.tagging.tags import underscore_rule
-from engine.records import Actor
-from engine.tagging.analyze import TagCount
 from storage import images as image_rows
 from storage import settings as setting_rows
 
@@ -110,7 +110,8 @@ class CurationAPI:
         tags = {s.tag for s in await self._engine.tag_stats(actor, row.name, "train")}
         config = self._engine.config
         known = known_tagger_tags(config.tagger.model, config.tagger.cache_dir) | tags
-        return check_trigger(trigger or row.trigger, tagger_tags=known, tokenizer_dir=local_tokenizer_dir(config.models.base))
+        return check_trigger(trigger or row.trigger, tagger_tags=known,
+                             tokenizer_dir=local_tokenizer_dir(config.models.base))
 
     async def remove_duplicates(self, actor: Actor, project: str, kind: str = "train") -> OpResult:
         return await self._service.apply(await self._row(actor, project), RemoveDuplicates(), kind)
@@ -154,7 +155,8 @@ def known_tagger_tags(model: str, cache_dir: str) -> set[str]:
     """The tags the configured tagger can write, as captions spell them; empty until the tagger's files
     are on this machine (never downloads: a trigger check must not wait on the network)."""
     folder = Path(model).expanduser()
-    csv_path: Path | None = folder / "selected_tags.csv" if folder.is_dir() else _cached(model, "selected_tags.csv", cache_dir)
+    csv_path: Path | None = (folder / "selected_tags.csv" if folder.is_dir()
+                             else _cached(model, "selected_tags.csv", cache_dir))
     if csv_path is None or not csv_path.is_file():
         return set()
     try:

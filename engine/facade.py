@@ -7,24 +7,24 @@ import asyncio
 import logging
 import sqlite3
 import time
-from pathlib import Path
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from engine import intake, naming
+from engine.config import Config
 from engine.curation_api import CurationAPI
 from engine.dataset import Staging, jpeg_preview, sweep_orphan_images
-from engine.intake import IncomingFile, IntakeReport
-from engine.tagging.analyze import TagCount, analyze
-from engine.config import Config
 from engine.errors import Forbidden, Invalid, LimitReached, NotFound, SetupError, UserError
 from engine.events import EventBus, Subscription
+from engine.intake import IncomingFile, IntakeReport
 from engine.jobs import JobKind, load_kinds, require_kind
 from engine.links import LinkSigner, new_token_id
 from engine.records import Actor, Job, Project
 from engine.reg_api import RegAPI
-from engine.training_api import TrainingAPI
 from engine.scheduler import Scheduler
+from engine.tagging.analyze import TagCount, analyze
+from engine.training_api import TrainingAPI
 from storage import artifacts as artifact_rows
 from storage import images as image_rows
 from storage import jobs as job_rows

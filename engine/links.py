@@ -13,7 +13,6 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-
 # id (token_urlsafe(12) → 16 chars), expiry (unix seconds), signature (unpadded base64 of 32 bytes).
 TOKEN_SHAPE = re.compile(r"([A-Za-z0-9_-]{1,64})\.([0-9]{1,12})\.([A-Za-z0-9_-]{43})", re.ASCII)
 

@@ -12,8 +12,8 @@ import fcntl
 import logging
 import os
 import time
-from pathlib import Path
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from engine.config import QueueConfig
@@ -83,10 +83,8 @@ class Scheduler:
         for task in self._loops:
             task.cancel()
         for task in self._loops:
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         self._loops = []
         if self._lock_file is not None:
             os.close(self._lock_file)  # closing the descriptor releases the flock
@@ -353,7 +351,5 @@ def _kill_stale_worker(pid: int | None) -> None:
     except OSError:
         return
     if b"engine.worker" in cmdline:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, 9)
-        except (ProcessLookupError, PermissionError):
-            pass

@@ -197,11 +197,13 @@ class TrainingAPI:
         tagger = engine.config.tagger
         params = {
             "base_model": models.spec_for(family), "prediction": models.prediction_for(family),
-            "name": row.name, "trigger": row.trigger, "class_name": row.class_name, "frequent_tags": frequent, "pruned_tags": pruned,
+            "name": row.name, "trigger": row.trigger, "class_name": row.class_name, "frequent_tags": frequent,
+            "pruned_tags": pruned,
             "tagger": {"model": tagger.model, "cache_dir": tagger.cache_dir,
                        "general_threshold": tagger.general_threshold,
                        "character_threshold": tagger.character_threshold, "blacklist": tagger.blacklist},
-            "weights": sampling.weights, "seeds": sampling.seeds, "steps": sampling.steps, "guidance": sampling.guidance, "size": sampling.size,
+            "weights": sampling.weights, "seeds": sampling.seeds, "steps": sampling.steps,
+            "guidance": sampling.guidance, "size": sampling.size,
             "batch_size": sampling.batch_size,
             "max_bytes": 8 * 2**20, "max_leak": sampling.max_leak, "extra_models": sampling.extra_models,
         }

@@ -100,7 +100,8 @@ async def latest_done(db: Database | Tx, kind: str, limit: int = 20) -> list[Job
 
 
 async def count_active_for_user(tx: Tx, user_id: int) -> int:
-    row = await tx.fetchone("SELECT COUNT(*) FROM jobs WHERE user_id = ? AND state IN ('queued', 'running')", (user_id,))
+    row = await tx.fetchone("SELECT COUNT(*) FROM jobs WHERE user_id = ? AND state IN ('queued', 'running')",
+                            (user_id,))
     return int(row[0]) if row else 0
 
 
@@ -157,7 +158,8 @@ async def add_event(tx: Tx, job_id: int, event_type: str, data: dict[str, Any], 
 
 
 async def events(db: Database | Tx, job_id: int) -> list[JobEventRow]:
-    rows = await db.fetchall("SELECT id, job_id, ts, type, data FROM job_events WHERE job_id = ? ORDER BY id", (job_id,))
+    rows = await db.fetchall("SELECT id, job_id, ts, type, data FROM job_events WHERE job_id = ? ORDER BY id",
+                             (job_id,))
     return [JobEventRow(row[0], row[1], row[2], row[3], json.loads(row[4])) for row in rows]
 
 

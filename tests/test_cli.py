@@ -310,8 +310,8 @@ def test_demo_trains_the_toy_character_and_its_scores_mean_it(tmp_path: Path) ->
 
 
 def test_images_add_tag_and_tags_from_the_command_line(tmp_path: Path) -> None:
-    from engine.devtools.tiny_models import write_tiny_tagger
     from engine.devtools.pictures import picture, zip_of
+    from engine.devtools.tiny_models import write_tiny_tagger
 
     tagger = write_tiny_tagger(tmp_path / "tagger")
     (tmp_path / "config.toml").write_text(

@@ -116,7 +116,8 @@ async def test_replace_and_trigger_commands(studio: Studio) -> None:
     refused = text_of(await ask(studio, ALICE, "lora trigger", {"project": "XingBar30", "trigger": "Xing, Bar"}))
     assert "comma" in refused
     for hidden, said in (("Xing\u200bBar", "invisible character (U+200B ZERO WIDTH SPACE)"),
-                         ("Xing\u202eBar", "U+202E RIGHT-TO-LEFT OVERRIDE"), ("(XingBar:1.5)", "( ) :, which prompts read")):
+                         ("Xing\u202eBar", "U+202E RIGHT-TO-LEFT OVERRIDE"),
+                         ("(XingBar:1.5)", "( ) :, which prompts read")):
         refused = text_of(await ask(studio, ALICE, "lora trigger", {"project": "XingBar30", "trigger": hidden}))
         assert said in refused, refused
     assert all(text.startswith("smile, ") for text in caption_files(studio).values()), "nothing changed"

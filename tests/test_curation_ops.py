@@ -9,11 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from engine.curation import history as history_module
 from engine.curation import (
-    Curation, EditCaption, Op, RemoveDuplicates, RemoveTags, ReplaceTags, SetTrigger, SortTags, join_tags,
-    op_from_dict, split_tags, validate_trigger,
+    Curation,
+    EditCaption,
+    Op,
+    RemoveDuplicates,
+    RemoveTags,
+    ReplaceTags,
+    SetTrigger,
+    SortTags,
+    join_tags,
+    op_from_dict,
+    split_tags,
+    validate_trigger,
 )
+from engine.curation import history as history_module
 from engine.errors import Invalid, SetupError
 from storage import images as image_rows
 from storage import projects as project_rows

@@ -46,7 +46,7 @@ def test_geometry_two_tables_side_by_side_one_cell_per_epoch_and_weight(image: n
     for table in ("fidelity", "leak"):
         boxes = [layout.cell_box(table, e, w) for e in EPOCHS for w in WEIGHTS]
         assert all(x1 - x0 == width and y1 - y0 == height for x0, y0, x1, y1 in boxes)
-        assert all(0 <= x0 and x1 <= layout.size[0] and 0 <= y0 and y1 <= layout.size[1]
+        assert all(x0 >= 0 and x1 <= layout.size[0] and y0 >= 0 and y1 <= layout.size[1]
                    for x0, y0, x1, y1 in boxes)
         assert layout.cell_box(table, 1, 0.5)[0] == layout.cell_box(table, 1, 0.0)[2]  # columns touch
         assert layout.cell_box(table, 2, 0.0)[1] == layout.cell_box(table, 1, 0.0)[3]  # rows touch

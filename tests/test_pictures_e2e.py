@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from engine.config import Config
+from engine.devtools.pictures import picture, zip_of
 from engine.devtools.tiny_models import write_tiny_tagger
 from tests.conftest import ALICE, ALICE_ACTOR, BOB, Studio
 from tests.discord_helpers import custom_ids, text_of
-from engine.devtools.pictures import picture, zip_of
 from tests.test_bot_e2e import ask, new_project
 
 

@@ -247,8 +247,8 @@ def test_default_prompts_and_spec_checks() -> None:
 
 @pytest.mark.parametrize("clip_skip", [1, 2])
 def test_batching_never_changes_a_picture(rendered: Rendered, clip_skip: int) -> None:
-    """A weight's prompts × seeds drawn 4 at a time (6 cells per weight: one full batch of 4, one partial of 2) are the pictures
-    drawn one at a time, cell for cell — with clip skip's own embeddings too."""
+    """A weight's prompts × seeds drawn 4 at a time (6 cells per weight: one full batch of 4, one partial of
+    2) are the pictures drawn one at a time, cell for cell — with clip skip's own embeddings too."""
     spec = dataclasses.replace(SPEC, prompts=[PROMPT, "xingbar man, full body"], control_prompts=["a man"],
                                seeds=[SEED, SEED + 1], weights=[0, 1], clip_skip=clip_skip)
     files = {"epoch 2": rendered.files["epoch 2"]}

@@ -6,7 +6,13 @@ import pytest
 from PIL import Image
 
 from engine.samples.scores import (
-    CellScore, character_gain, fidelity, leak, pixel_distance, recommend, scored_tags,
+    CellScore,
+    character_gain,
+    fidelity,
+    leak,
+    pixel_distance,
+    recommend,
+    scored_tags,
 )
 
 

@@ -135,7 +135,7 @@ async def test_database_newer_than_code_is_refused_and_left_alone(tmp_path: Path
 def test_migrations_are_numbered_in_order() -> None:
     versions = [version for version, _description, _sql in migrations.MIGRATIONS]
     assert versions == list(range(1, len(versions) + 1))
-    assert LATEST_VERSION == versions[-1]
+    assert versions[-1] == LATEST_VERSION
 
 
 # --- transactions ---------------------------------------------------------------------------------

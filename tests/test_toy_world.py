@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from engine.devtools import toy_world
-from engine.devtools.toy_world import world
 from engine.devtools.tiny_models import MODEL_MAX_LENGTH
+from engine.devtools.toy_world import world
 from engine.devtools.toy_world.tokenizer import world_words, write_toy_tokenizer
 from engine.models import resolve_base_model
 from engine.training.options import preset

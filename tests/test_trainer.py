@@ -300,7 +300,8 @@ def test_out_of_memory_keeps_the_epochs_and_a_smaller_batch_resumes_after_them(t
         if progress.epoch == 3:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    with pytest.raises(trainer.TrainingOOM, match="lower batch_size \\(now 2, e.g. 1\\), turn on gradient_checkpointing"):
+    advice = "lower batch_size \\(now 2, e.g. 1\\), turn on gradient_checkpointing"
+    with pytest.raises(trainer.TrainingOOM, match=advice):
         train(_spec(project, tiny, options=options), run_out_of_memory_in_epoch_3)
     out = project / "output"
     epoch_2 = (out / "lora-02.safetensors").read_bytes()
@@ -367,7 +368,8 @@ def test_out_of_memory_is_recognised_and_the_advice_fits_the_options() -> None:
     assert faults.is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
     assert faults.is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
     assert not faults.is_out_of_memory(RuntimeError("shape mismatch"))
-    checkpointing = faults.out_of_memory_message(dataclasses.replace(OPTIONS, gradient_checkpointing=True, batch_size=1))
+    checkpointing = faults.out_of_memory_message(
+        dataclasses.replace(OPTIONS, gradient_checkpointing=True, batch_size=1))
     assert "gradient_checkpointing" not in checkpointing and "batch_size (now 1)" in checkpointing
 
 

@@ -122,9 +122,8 @@ async def test_download_attaches_or_links(studio: Studio) -> None:
     assert {p.name for p in previous.iterdir()} == {"XingBar30.safetensors", "XingBar30-01.safetensors",
                                                      "XingBar30-02.safetensors"}
     assert (output / "XingBar30.safetensors").read_bytes() != first_run
-    async with aiohttp.ClientSession() as session:
-        async with session.get(url) as response:
-            assert response.status == 200 and await response.read() == first_run
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200 and await response.read() == first_run
     gone = text_of(await ask(studio, ALICE, "lora download", {"project": "XingBar30", "epoch": 2}))
     assert "kept epochs are 1" in gone and "1, 2" not in gone
 

@@ -53,6 +53,7 @@ class ProjectsCog(LoraCog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         found = await self.engine.get_project(actor_of(interaction), project)
         warning = (f"⚠️ Delete **{found.name}**? Its {found.train_images} images, captions, trained files and "
-                   "samples will be gone for good" + (f", and its {found.active_jobs} jobs cancelled" if found.active_jobs else "")
+                   "samples will be gone for good"
+                   + (f", and its {found.active_jobs} jobs cancelled" if found.active_jobs else "")
                    + ". Dismiss this message to keep it.")
         await interaction.followup.send(warning, view=delete_view(found.id, interaction.user.id), ephemeral=True)

@@ -126,7 +126,8 @@ class TrainingCog(LoraCog):
             f"📦 `{path.name}` ({which}) is {size}, over this server's Discord upload limit. Download it here (the "
             f"link works for {hours:g} hours): {link}", ephemeral=True)
 
-    @app_commands.command(name="samples", description="Sample grids at several LoRA weights, scores and a recommendation")
+    @app_commands.command(name="samples",
+                          description="Sample grids at several LoRA weights, scores and a recommendation")
     @app_commands.describe(project="One of your projects", epoch="Only this epoch's grid and scores",
                            rerun="Render new samples of every epoch instead of showing the last ones")
     @app_commands.autocomplete(project=own_project_names)

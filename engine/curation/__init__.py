@@ -8,8 +8,20 @@ from __future__ import annotations
 
 from engine.curation.history import Curation, HistoryEntry, OpResult
 from engine.curation.ops import (
-    CLIP_MAX_TOKENS, CaptionSet, EditCaption, Op, Outcome, RemoveDuplicates, RemoveTags, ReplaceTags, SetTrigger,
-    SortTags, join_tags, op_from_dict, split_tags, validate_trigger,
+    CLIP_MAX_TOKENS,
+    CaptionSet,
+    EditCaption,
+    Op,
+    Outcome,
+    RemoveDuplicates,
+    RemoveTags,
+    ReplaceTags,
+    SetTrigger,
+    SortTags,
+    join_tags,
+    op_from_dict,
+    split_tags,
+    validate_trigger,
 )
 
 __all__ = [

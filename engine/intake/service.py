@@ -219,8 +219,9 @@ def _unpack(files: list[IncomingFile], limits: IntakeConfig) -> list[_Item]:
             items.append(_Item(upload.name, upload.name, refused=refused.reason))
             continue
         if not archive.entries:
-            items.append(_Item(upload.name, upload.name, refused="there are no pictures in the zip (only folders "
-                                                                  "or system files): add the pictures and zip it again"))
+            items.append(_Item(upload.name, upload.name,
+                               refused="there are no pictures in the zip (only folders or system files): add the "
+                                       "pictures and zip it again"))
         for entry in archive.entries:
             items.append(_Item(entry.name, entry.inner, archive=archive, entry=entry, refused=entry.refused))
     return items

@@ -28,7 +28,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
 
     providers = onnxruntime.get_available_providers()
     result["onnxruntime"] = onnxruntime.__version__
-    result["tagger_provider"] = "CUDAExecutionProvider" if "CUDAExecutionProvider" in providers else "CPUExecutionProvider"
+    cuda = "CUDAExecutionProvider" in providers
+    result["tagger_provider"] = "CUDAExecutionProvider" if cuda else "CPUExecutionProvider"
     ctx.progress(2, 3, "loading diffusers")
     import diffusers
 

@@ -92,7 +92,7 @@ def _render(ctx: JobContext, spec: RegSpec, work: Work, folders: RegFolders, man
     done = 0
     for start in range(0, len(work.to_render), spec.batch_size):
         batch = work.to_render[start:start + spec.batch_size]
-        for index, png in zip(batch, renderer.render(spec, [spec.seed_for(i) for i in batch])):
+        for index, png in zip(batch, renderer.render(spec, [spec.seed_for(i) for i in batch]), strict=True):
             # File first, then its manifest entry: a kill in between leaves a file that is redone.
             atomic_write_bytes(folders.pending / spec.filename(index), png)
             manifest.record(spec.filename(index), spec.entry(index))

@@ -25,7 +25,15 @@ from engine.samples.grid import GridImage
 from engine.samples.heatmap import heatmap_png
 from engine.samples.render import OutOfMemory, Sample, SampleRenderer, SampleSpec, default_prompts, file_grid, grids
 from engine.samples.scores import (
-    CellScore, Recommendation, character_gain, fidelity, leak, pixel_distance, recommend, scored_tags)
+    CellScore,
+    Recommendation,
+    character_gain,
+    fidelity,
+    leak,
+    pixel_distance,
+    recommend,
+    scored_tags,
+)
 from engine.tagging import TaggerError
 from engine.tagging.model import Tagger
 from engine.tagging.options import TagOptions
@@ -191,10 +199,10 @@ def _tag_samples(samples: list[Sample], options: TagOptions) -> list[list[str]]:
 
 
 def _scores(samples: list[Sample], tags: list[list[str]], character_tags: list[str]) -> list[CellScore]:
-    base = {(s.prompt, s.seed): (s, t) for s, t in zip(samples, tags) if s.weight == 0}
+    base = {(s.prompt, s.seed): (s, t) for s, t in zip(samples, tags, strict=True) if s.weight == 0}
     fid: dict[tuple[str, float], list[float]] = defaultdict(list)
     lk: dict[tuple[str, float], list[float]] = defaultdict(list)
-    for sample, found in zip(samples, tags):
+    for sample, found in zip(samples, tags, strict=True):
         key = (sample.label, sample.weight)
         if sample.is_control:
             reference, reference_tags = base[(sample.prompt, sample.seed)]

@@ -25,7 +25,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
     )
 
     def report(progress: Progress) -> None:
-        resumed = f" (went on after the saved epoch {progress.resumed_from_epoch})" if progress.resumed_from_epoch else ""
+        resumed = (f" (went on after the saved epoch {progress.resumed_from_epoch})"
+                   if progress.resumed_from_epoch else "")
         ctx.progress(progress.step, progress.total_steps, f"epoch {progress.epoch}{resumed}", epoch=progress.epoch,
                      loss=progress.loss, lr=progress.lr, it_s=progress.it_s, eta_s=progress.eta_s)
 

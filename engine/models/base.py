@@ -227,7 +227,10 @@ def _hub_snapshot(repo_id: str, cache_dir: str, allow: list[str], ignore: list[s
     """The cached snapshot first (no network call at all once downloaded), else download it."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
-        GatedRepoError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError,
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
     )
 
     cache = cache_dir or None

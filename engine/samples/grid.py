@@ -57,7 +57,7 @@ def draw_grid(cells: Sequence[Sequence[Image.Image]], *, row_labels: Sequence[st
         x = label_width + c * cell
         draw.text((x + cell // 2, title_height + header_height // 2), fit_text(draw, label, font, cell - PADDING),
                   fill=INK, font=font, anchor="mm")
-    for r, (label, row) in enumerate(zip(row_labels, cells)):
+    for r, (label, row) in enumerate(zip(row_labels, cells, strict=True)):
         y = title_height + header_height + r * cell
         _wrap_label(draw, label, font, (PADDING, y + PADDING), label_width - 2 * PADDING, cell - 2 * PADDING)
         for c, image in enumerate(row):

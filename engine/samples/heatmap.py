@@ -88,7 +88,7 @@ def _legend(epoch: int, weight: float, max_leak: float) -> tuple[str, str]:
 def _mix(colours: tuple[tuple[int, int, int], tuple[int, int, int]], t: float) -> tuple[int, int, int]:
     t = min(1.0, max(0.0, t))
     low, high = colours
-    return tuple(round(a + (b - a) * t) for a, b in zip(low, high))  # type: ignore[return-value]
+    return tuple(round(a + (b - a) * t) for a, b in zip(low, high, strict=True))  # type: ignore[return-value]
 
 
 def _text_colour(fill: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -118,7 +118,7 @@ def draw_heatmap(scores: Sequence[CellScore], *, recommended: tuple[int, float],
     draw.text((PADDING, PADDING), fit_text(draw, title or "Fidelity and leak per epoch and weight", title_font,
                                            layout.size[0] - 2 * PADDING), fill=INK, font=title_font)
     leak_full = max(2 * max_leak, 1e-6)
-    for index, (table, caption) in enumerate(zip(TABLES, CAPTIONS)):
+    for index, (table, caption) in enumerate(zip(TABLES, CAPTIONS, strict=True)):
         x, y = layout.origins[index]
         draw.text((layout.lefts[index], y - 2 * height + height // 2), caption, fill=INK, font=font, anchor="lm")
         for column, weight in enumerate(layout.weights):

@@ -61,7 +61,10 @@ def resolve_model(model: str, cache_dir: str) -> TaggerFiles:
 def _download(repo_id: str, filename: str, cache_dir: str) -> Path:
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import (
-        HFValidationError, LocalEntryNotFoundError, RemoteEntryNotFoundError, RepositoryNotFoundError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
     )
 
     cache = cache_dir or None

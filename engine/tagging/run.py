@@ -60,7 +60,7 @@ def tag_files(images: list[Path], options: TagOptions, trigger: str | None, on_p
     # closing(): a failed write stops the preprocessing threads now, not when the traceback is freed.
     with closing(predict_batches(tagger, images, options.batch_size)) as batches:
         for paths, probabilities in batches:
-            for path, row in zip(paths, probabilities):
+            for path, row in zip(paths, probabilities, strict=True):
                 caption = captioner.caption(row, trigger)
                 atomic_write_text(path.with_suffix(".txt"), caption)
                 captions[path.name] = caption

@@ -46,4 +46,5 @@ def write_character_pictures(folder: Path, count: int) -> list[Path]:
     return written
 
 
-__all__ = ["CHARACTER", "GUIDANCE", "SHIPPED", "ToyWorldPaths", "character_pictures", "shipped", "write_character_pictures"]
+__all__ = ["CHARACTER", "GUIDANCE", "SHIPPED", "ToyWorldPaths", "character_pictures", "shipped",
+           "write_character_pictures"]

@@ -40,9 +40,12 @@ from engine.devtools.toy_world.fit import descend, one_cycle_adamw
 from engine.devtools.toy_world.tokenizer import write_toy_tokenizer
 
 # Unknown words mixed into captions: everyday English plus what lorabake's own prompts say.
-_PROMPT_WORDS = ("masterpiece best quality lowres bad anatomy hands text error missing fingers extra digit fewer "
-                 "digits cropped worst low jpeg artifacts signature watermark blurry portrait standing in a park "
-                 "upper body smiling castle on hill at sunset man woman girl boy person character").split()
+_PROMPT_WORDS = [
+    "masterpiece", "best", "quality", "lowres", "bad", "anatomy", "hands", "text", "error", "missing", "fingers",
+    "extra", "digit", "fewer", "digits", "cropped", "worst", "low", "jpeg", "artifacts", "signature", "watermark",
+    "blurry", "portrait", "standing", "in", "a", "park", "upper", "body", "smiling", "castle", "on", "hill", "at",
+    "sunset", "man", "woman", "girl", "boy", "person", "character"
+]
 
 
 @dataclass(frozen=True)

@@ -65,8 +65,8 @@ def toy_config(config: Config, data_dir: Path, *, reg_pictures: int = PICTURES) 
         models=dataclasses.replace(config.models, default_family="sd15", sd15=str(models.sd15), sd15_prediction=""),
         reg=dataclasses.replace(config.reg, count=max(1, reg_pictures), batch_size=4, steps=20, resolution=0,
                                 guidance=GUIDANCE),
-        samples=dataclasses.replace(config.samples, weights=list(WEIGHTS), seeds=[1, 2], steps=10, guidance=GUIDANCE, batch_size=10,
-                                    size=0, auto_after_training=True, extra_models=[]))
+        samples=dataclasses.replace(config.samples, weights=list(WEIGHTS), seeds=[1, 2], steps=10, guidance=GUIDANCE,
+                                    batch_size=10, size=0, auto_after_training=True, extra_models=[]))
 
 
 def _took(job: Job) -> float | None:

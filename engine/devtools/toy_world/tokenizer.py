@@ -33,7 +33,7 @@ def learn_merges(words: list[str]) -> list[tuple[str, str]]:
     while any(len(pieces) > 1 for pieces in spelled.values()):
         pairs: Counter[tuple[str, str]] = Counter()
         for pieces in spelled.values():
-            pairs.update(zip(pieces, pieces[1:]))
+            pairs.update(zip(pieces, pieces[1:], strict=False))
         best = min(pairs, key=lambda pair: (-pairs[pair], pair))   # ties by the pair itself: deterministic
         merges.append(best)
         for word, pieces in spelled.items():

@@ -199,7 +199,8 @@ def draw(figure: Figure, size: int = SIZE) -> Image.Image:
                     over_pen.rectangle([(col, row), (col + 2, row + 2)], fill=ink)
         image.paste(overlay, (0, 0), mask)
     hair = HAIR[figure.hair]
-    if figure.count == "1girl":   # long hair falls behind the head to the shoulders (not over the chest: the build stays visible)
+    # Long hair falls behind the head to the shoulders (not over the chest: the build stays visible).
+    if figure.count == "1girl":
         pen.rectangle([(x - 11, y - 6), (x + 11, y + 13)], fill=hair)
     pen.ellipse([(x - 9, y - 9), (x + 9, y + 9)], fill=SKIN)
     pen.chord([(x - 10, y - 11), (x + 10, y + 7)], start=180, end=360, fill=hair)
