@@ -53,6 +53,8 @@ class WebConfig:
 @dataclass(frozen=True)
 class RetentionConfig:
     finished_jobs_days: float = field(default=30.0, metadata=_range(0.01, 3650))
+    # A training plan's Start button works this long after the plan was shown.
+    training_plans_days: float = field(default=14.0, metadata=_range(0.01, 3650))
     maintenance_interval_minutes: float = field(default=10.0, metadata=_range(0.1, 1440))
 
 

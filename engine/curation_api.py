@@ -2,7 +2,6 @@
 hands over to engine.curation (ops with undo history, trait suggestions, trigger checks, export)."""
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,8 @@ from engine.tagging import TaggerError
 from engine.tagging.analyze import TagCount
 from engine.tagging.model import load_tags
 from engine.tagging.tags import underscore_rule
+from storage import curation as curation_rows
 from storage import images as image_rows
-from storage import settings as setting_rows
 
 if TYPE_CHECKING:
     from engine.facade import Engine
@@ -63,7 +62,7 @@ class CurationAPI:
         row = await self._row(actor, project)
         selected = await self._selected(row.id, kind)
         selected = [t for t in selected if t != tag] if tag in selected else selected + [tag]
-        await setting_rows.put(self._db, _selection_key(row.id, kind), json.dumps(selected))
+        await curation_rows.set_marked_tags(self._db, row.id, kind, selected)
         return selected
 
     async def apply_selection(self, actor: Actor, project: str | int, kind: str = "train") -> OpResult:
@@ -72,25 +71,20 @@ class CurationAPI:
         if not selected:
             raise Invalid("no tags are marked yet: click the tags that describe the character's fixed looks first")
         result = await self._service.apply(row, RemoveTags(selected), kind)
-        await setting_rows.put(self._db, _selection_key(row.id, kind), "[]")
-        await self._remember_pruned(row.id, selected)
+        await curation_rows.set_marked_tags(self._db, row.id, kind, [])
+        await curation_rows.add_pruned_tags(self._db, row.id, selected)
         return result
 
     async def remove_tags(self, actor: Actor, project: str, tags: list[str], kind: str = "train") -> OpResult:
         row = await self._row(actor, project)
         result = await self._service.apply(row, RemoveTags(tags), kind)
-        await self._remember_pruned(row.id, tags)
+        await curation_rows.add_pruned_tags(self._db, row.id, tags)
         return result
 
     async def pruned_tags(self, project_id: int) -> list[str]:
         """Tags the member removed from the training captions: the character's fixed looks, which the
         trigger word should now bring back (the sample scores look for them)."""
-        return json.loads(await setting_rows.get(self._db, f"curate.pruned.{project_id}") or "[]")
-
-    async def _remember_pruned(self, project_id: int, tags: list[str]) -> None:
-        known = await self.pruned_tags(project_id)
-        merged = known + [tag for tag in tags if tag not in known]
-        await setting_rows.put(self._db, f"curate.pruned.{project_id}", json.dumps(merged))
+        return await curation_rows.pruned_tags(self._db, project_id)
 
     async def replace_tags(self, actor: Actor, project: str, search: list[str], replace: list[str], *,
                            mode: str = "or", make_trigger: bool = False, kind: str = "train") -> OpResult:
@@ -148,7 +142,7 @@ class CurationAPI:
         return row
 
     async def _selected(self, project_id: int, kind: str) -> list[str]:
-        return json.loads(await setting_rows.get(self._db, _selection_key(project_id, kind)) or "[]")
+        return await curation_rows.marked_tags(self._db, project_id, kind)
 
 
 def known_tagger_tags(model: str, cache_dir: str) -> set[str]:
@@ -193,6 +187,3 @@ def _cached(repo_id: str, filename: str, cache_dir: str) -> Path | None:
         return None
     return Path(found) if isinstance(found, str) else None
 
-
-def _selection_key(project_id: int, kind: str) -> str:
-    return f"curate.selection.{project_id}.{kind}"

@@ -31,6 +31,7 @@ from storage import jobs as job_rows
 from storage import projects as project_rows
 from storage import settings as setting_rows
 from storage import status_messages as status_rows
+from storage import training_plans as plan_rows
 from storage.artifacts import ArtifactRow
 from storage.db import Database
 from storage.images import ImageRow
@@ -442,7 +443,8 @@ class Engine:
     # --- maintenance and health -----------------------------------------------------------------
 
     async def run_maintenance(self) -> dict[str, int]:
-        """Deletes finished jobs past retention (with their logs) and expired download links."""
+        """Deletes finished jobs past retention (with their logs), expired download links and old training
+        plans."""
         now = time.time()
         cutoff = now - self.config.retention.finished_jobs_days * 86400
         async with self._db.transaction() as tx:
@@ -450,7 +452,9 @@ class Engine:
             expired = await artifact_rows.delete_expired_links(tx, now)
         for job_id in old_jobs:
             self.layout.job_log(job_id).unlink(missing_ok=True)
-        return {"jobs_removed": len(old_jobs), "links_expired": expired, "staging_expired": self.staging.expire(now)}
+        plans = await plan_rows.delete_older_than(self._db, now - self.config.retention.training_plans_days * 86400)
+        return {"jobs_removed": len(old_jobs), "links_expired": expired, "plans_expired": plans,
+                "staging_expired": self.staging.expire(now)}
 
     async def health(self) -> dict[str, Any]:
         jobs = await job_rows.list_jobs(self._db)

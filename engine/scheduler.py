@@ -235,8 +235,7 @@ class Scheduler:
         reason = "the bot was stopped while this job was running: it went back in the queue and goes on from " \
                  "the work it had saved"
         async with self._db.transaction() as tx:
-            await job_rows.requeue(tx, job.id, reason)
-            await tx.execute("UPDATE jobs SET attempts = MAX(attempts - 1, 0) WHERE id = ?", (job.id,))
+            await job_rows.requeue(tx, job.id, reason, count_attempt=False)
             await job_rows.add_event(tx, job.id, "requeued", {"reason": reason})
 
     async def _queue_follow_ups(self, job: job_rows.JobRow) -> None:

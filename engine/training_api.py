@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +21,7 @@ from engine.training.options import TrainOptions, apply_overrides, preset
 from engine.training.plan import TrainPlan, make_plan, refuse_if_too_long
 from storage import images as image_rows
 from storage import jobs as job_rows
-from storage import settings as setting_rows
+from storage import training_plans as plan_rows
 from storage.artifacts import ArtifactRow
 from storage.projects import ProjectRow
 
@@ -227,17 +226,18 @@ class TrainingAPI:
         """Keeps a shown plan for its Start button; returns the token the button carries."""
         row = await self._engine.own_project_row(actor, project)
         token = secrets.token_hex(6)
-        await setting_rows.put(self._engine._db, f"train.pending.{token}",
-                               json.dumps({"user_id": actor.user_id, "project_id": row.id, "overrides": overrides,
-                                           "family": family}))
+        await plan_rows.insert(self._engine._db, token, user_id=actor.user_id, project_id=row.id,
+                               overrides=overrides, family=family)
         return token
 
     async def start_remembered(self, actor: Actor, token: str) -> Job:
-        raw = await setting_rows.get(self._engine._db, f"train.pending.{token}")
-        pending = json.loads(raw) if raw else None
-        if pending is None or pending["user_id"] != actor.user_id:
+        db = self._engine._db
+        plan = await plan_rows.get(db, token)
+        if plan is None or plan.user_id != actor.user_id or not await plan_rows.delete(db, token):
             raise NotFound("this training plan is not yours or no longer exists: run /lora train again")
-        row = await self._engine.own_project_row_by_id(actor, pending["project_id"])
-        job = await self.start(actor, row.name, pending["overrides"], family=pending.get("family"))
-        await setting_rows.put(self._engine._db, f"train.pending.{token}", "null")  # one start per plan
-        return job
+        try:
+            row = await self._engine.own_project_row_by_id(actor, plan.project_id)
+            return await self.start(actor, row.name, plan.overrides, family=plan.family)
+        except BaseException:
+            await plan_rows.put_back(db, plan)   # refused: the button still works once the reason is fixed
+            raise

@@ -1,5 +1,6 @@
-"""Caption curation rows: the undo/redo history of a project's caption edits, and the two writes
-curation makes beyond storage.images (a project's trigger word, removing a caption).
+"""Caption curation rows: the undo/redo history of a project's caption edits, the two writes curation
+makes beyond storage.images (a project's trigger word, removing a caption), the tags a member has marked
+for removal, and the tags they pruned (the character's fixed looks, which the sample scores look for).
 
 History is a stack per project: entries in state 'done' are undone newest first; undone entries are
 always newer than every done one (a new entry discards them), and are redone oldest first.
@@ -110,3 +111,35 @@ async def set_trigger(tx: Tx, project_id: int, trigger: str) -> None:
 
 async def delete_caption(tx: Tx, image_id: int) -> None:
     await tx.execute("DELETE FROM captions WHERE image_id = ?", (image_id,))
+
+
+# --- marks and pruned tags ----------------------------------------------------------------------------
+
+
+async def marked_tags(db: Database | Tx, project_id: int, kind: str) -> list[str]:
+    """Tags marked for removal in /lora curate, in the order they were marked."""
+    rows = await db.fetchall("SELECT tag FROM curation_marks WHERE project_id = ? AND kind = ? ORDER BY position",
+                             (project_id, kind))
+    return [str(row[0]) for row in rows]
+
+
+async def set_marked_tags(db: Database, project_id: int, kind: str, tags: list[str]) -> None:
+    async with db.transaction() as tx:
+        await tx.execute("DELETE FROM curation_marks WHERE project_id = ? AND kind = ?", (project_id, kind))
+        await tx.executemany("INSERT INTO curation_marks (project_id, kind, tag, position) VALUES (?, ?, ?, ?)",
+                             [(project_id, kind, tag, i) for i, tag in enumerate(dict.fromkeys(tags))])
+
+
+async def pruned_tags(db: Database | Tx, project_id: int) -> list[str]:
+    rows = await db.fetchall("SELECT tag FROM pruned_tags WHERE project_id = ? ORDER BY position", (project_id,))
+    return [str(row[0]) for row in rows]
+
+
+async def add_pruned_tags(db: Database, project_id: int, tags: list[str]) -> None:
+    """Remembers tags removed from the training captions (those already known keep their place)."""
+    async with db.transaction() as tx:
+        row = await tx.fetchone("SELECT COALESCE(MAX(position) + 1, 0) FROM pruned_tags WHERE project_id = ?",
+                                (project_id,))
+        start = int(row[0]) if row else 0
+        await tx.executemany("INSERT OR IGNORE INTO pruned_tags (project_id, tag, position) VALUES (?, ?, ?)",
+                             [(project_id, tag, start + i) for i, tag in enumerate(dict.fromkeys(tags))])

@@ -139,10 +139,13 @@ async def finish(tx: Tx, job_id: int, state: str, *, error: str | None = None,
     return changed > 0
 
 
-async def requeue(tx: Tx, job_id: int, reason: str) -> None:
+async def requeue(tx: Tx, job_id: int, reason: str, *, count_attempt: bool = True) -> None:
+    """A running job back in the queue with a note saying why. `count_attempt=False`: the attempt it was in
+    does not count against max_attempts (the bot was stopped on purpose)."""
     await tx.execute(
-        "UPDATE jobs SET state = 'queued', worker_pid = NULL, error = ? WHERE id = ? AND state = 'running'",
-        (reason, job_id),
+        "UPDATE jobs SET state = 'queued', worker_pid = NULL, error = ?, "
+        "attempts = CASE WHEN ? THEN attempts ELSE MAX(attempts - 1, 0) END WHERE id = ? AND state = 'running'",
+        (reason, count_attempt, job_id),
     )
 
 

@@ -139,6 +139,55 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX caption_history_by_project ON caption_history(project_id, state, id);
         """,
     ),
+    (
+        5,
+        "curation marks, pruned tags and shown training plans in tables of their own (from settings)",
+        """
+        CREATE TABLE curation_marks (                    -- tags marked for removal in /lora curate
+            project_id  INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            kind        TEXT NOT NULL CHECK (kind IN ('train', 'reg')),
+            tag         TEXT NOT NULL,
+            position    INTEGER NOT NULL,                -- the order they were marked in
+            PRIMARY KEY (project_id, kind, tag)
+        );
+        CREATE TABLE pruned_tags (                       -- removed from the captions: the character's looks
+            project_id  INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            tag         TEXT NOT NULL,
+            position    INTEGER NOT NULL,
+            PRIMARY KEY (project_id, tag)
+        );
+        CREATE TABLE training_plans (                    -- a plan shown with its Start button
+            token       TEXT PRIMARY KEY,
+            user_id     INTEGER NOT NULL,
+            project_id  INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            overrides   TEXT NOT NULL,                   -- JSON {option: value as typed}
+            family      TEXT,                            -- NULL: the server's default
+            created_at  REAL NOT NULL
+        );
+        CREATE INDEX training_plans_by_age ON training_plans(created_at);
+
+        -- What the settings table held: 'curate.selection.<project>.<kind>' and 'curate.pruned.<project>'
+        -- (JSON lists), 'train.pending.<token>' (JSON, or null once started). Rows of deleted projects and
+        -- plans already started are dropped.
+        INSERT INTO curation_marks (project_id, kind, tag, position)
+            SELECT p.id, k.kind, j.value, j.key
+            FROM projects p, (SELECT 'train' AS kind UNION ALL SELECT 'reg') k
+            JOIN settings s ON s.key = 'curate.selection.' || p.id || '.' || k.kind, json_each(s.value) j
+            WHERE j.type = 'text';
+        INSERT INTO pruned_tags (project_id, tag, position)
+            SELECT p.id, j.value, j.key
+            FROM projects p JOIN settings s ON s.key = 'curate.pruned.' || p.id, json_each(s.value) j
+            WHERE j.type = 'text';
+        INSERT INTO training_plans (token, user_id, project_id, overrides, family, created_at)
+            SELECT substr(s.key, 15), json_extract(s.value, '$.user_id'), p.id,
+                   COALESCE(json_extract(s.value, '$.overrides'), '{}'), json_extract(s.value, '$.family'),
+                   CAST(strftime('%s', 'now') AS REAL)
+            FROM settings s JOIN projects p ON p.id = json_extract(s.value, '$.project_id')
+            WHERE s.key LIKE 'train.pending.%' AND json_valid(s.value) AND json_type(s.value) = 'object';
+        DELETE FROM settings
+            WHERE key LIKE 'curate.selection.%' OR key LIKE 'curate.pruned.%' OR key LIKE 'train.pending.%';
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

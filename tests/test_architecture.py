@@ -45,3 +45,15 @@ def test_starting_the_bot_or_the_cli_does_not_load_torch() -> None:
              f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]", "the bot process should stay light; ML code runs in workers"
+
+
+def test_sql_lives_in_storage() -> None:
+    """Statements are written in storage/ only: the engine and the bot call its functions by name."""
+    import re
+
+    statement = re.compile(r"""["'](SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP)\s""")
+    found = [f"{path.relative_to(REPO)}:{number}"
+             for package in ("engine", "bot") for path in sorted((REPO / package).rglob("*.py"))
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+             if statement.search(line)]
+    assert found == []

@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 
 from engine.config import Config, RetentionConfig
-from engine.errors import NotFound
+from engine.errors import Invalid, NotFound
 from engine.facade import Engine
 from engine.links import new_token_id
 from engine.maintenance import Maintenance
 from storage import artifacts as artifact_rows
 from storage.layout import atomic_write_bytes
 from tests.conftest import ALICE_ACTOR, BOB_ACTOR
+
+NOTHING = {"jobs_removed": 0, "links_expired": 0, "plans_expired": 0, "staging_expired": 0}   # a clean-up's stats
 
 DAY = 86400.0
 
@@ -65,7 +67,7 @@ async def test_old_finished_jobs_go_with_their_logs_and_others_stay(idle: Engine
 
     stats = await idle.run_maintenance()
 
-    assert stats == {"jobs_removed": 3, "links_expired": 0, "staging_expired": 0}
+    assert stats == dict(NOTHING, jobs_removed=3)
     assert await _ids(idle) == kept
     for job_id in old:
         assert not idle.layout.job_log(job_id).exists()
@@ -77,7 +79,7 @@ async def test_old_finished_jobs_go_with_their_logs_and_others_stay(idle: Engine
     assert {job.id for job in await idle.jobs(include_finished=True)} == kept
 
     # Nothing more to do: the second run removes nothing.
-    assert await idle.run_maintenance() == {"jobs_removed": 0, "links_expired": 0, "staging_expired": 0}
+    assert await idle.run_maintenance() == NOTHING
     assert await _ids(idle) == kept
 
 
@@ -94,7 +96,7 @@ async def test_retention_setting_is_respected(config: Config) -> None:
     try:
         five_days = await _job(engine, "done", 5)
         eleven_days = await _job(engine, "done", 11)
-        assert await engine.run_maintenance() == {"jobs_removed": 1, "links_expired": 0, "staging_expired": 0}
+        assert await engine.run_maintenance() == dict(NOTHING, jobs_removed=1)
         assert await _ids(engine) == {five_days}
         assert not engine.layout.job_log(eleven_days).exists()
     finally:
@@ -130,7 +132,7 @@ async def test_expired_links_are_deleted_and_live_ones_kept(idle: Engine) -> Non
 
     stats = await idle.run_maintenance()
 
-    assert stats == {"jobs_removed": 0, "links_expired": 2, "staging_expired": 0}
+    assert stats == dict(NOTHING, links_expired=2)
     remaining = await _link_ids(idle)
     assert live in remaining and not (expired & remaining) and len(remaining) == 2
     assert idle.links.verify(issued.rsplit("/d/", 1)[1], time.time()).token_id in remaining
@@ -147,10 +149,10 @@ async def test_clean_up_returns_the_same_stats(idle: Engine) -> None:
     kept = await _job(idle, "done", 0.5)
     maintenance = Maintenance(idle, idle.config.retention.maintenance_interval_minutes)
 
-    assert await maintenance.clean_up() == {"jobs_removed": 2, "links_expired": 1, "staging_expired": 0}
+    assert await maintenance.clean_up() == dict(NOTHING, jobs_removed=2, links_expired=1)
     assert await _ids(idle) == {kept}
     assert await _link_ids(idle) == set()
-    assert await maintenance.clean_up() == {"jobs_removed": 0, "links_expired": 0, "staging_expired": 0}
+    assert await maintenance.clean_up() == NOTHING
 
 
 async def test_maintenance_scheduler_starts_and_stops(idle: Engine) -> None:
@@ -181,3 +183,23 @@ async def test_staged_pictures_expire_after_an_hour(engine: Engine) -> None:
     with pytest.raises(NotFound):
         engine.staging.take(BOB_ACTOR.user_id, fresh)  # someone else's staged pictures
     assert engine.staging.take(ALICE_ACTOR.user_id, fresh) == [IncomingFile("a.png", b"1")]
+
+
+async def test_old_training_plans_expire_and_new_ones_still_start(idle: Engine) -> None:
+    """A plan's Start button works for [retention] training_plans_days; older plans are dropped (they no
+    longer outlive anything: a deleted project takes its plans with it)."""
+    await idle.create_project(ALICE_ACTOR, "Plans", "Plns", "man")
+    old = await idle.training.remember(ALICE_ACTOR, "Plans", {"epochs": "2"})
+    fresh = await idle.training.remember(ALICE_ACTOR, "Plans", {"epochs": "3"})
+    async with idle._db.transaction() as tx:
+        await tx.execute("UPDATE training_plans SET created_at = ? WHERE token = ?", (time.time() - 15 * DAY, old))
+    stats = await idle.run_maintenance()
+    assert stats["plans_expired"] == 1
+    with pytest.raises(NotFound, match="no longer exists: run /lora train again"):
+        await idle.training.start_remembered(ALICE_ACTOR, old)
+    # The fresh one is kept; starting it is refused here (no pictures), and the refusal leaves it usable.
+    for _ in range(2):
+        with pytest.raises(Invalid, match="no training pictures"):
+            await idle.training.start_remembered(ALICE_ACTOR, fresh)
+    await idle.delete_project(ALICE_ACTOR, "Plans")
+    assert (await idle._db.fetchone("SELECT COUNT(*) FROM training_plans"))[0] == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from pathlib import Path
 
@@ -11,14 +12,17 @@ import pytest
 from engine.config import Config
 from engine.errors import SetupError
 from engine.facade import Engine
+from storage import curation as curation_rows
 from storage import migrations
+from storage import training_plans as plan_rows
 from storage.db import Database
 from storage.layout import PROJECT_SUBDIRS, DataLayout, atomic_write_bytes, atomic_write_text
 from storage.migrations import LATEST_VERSION, SchemaTooNew
 from tests.conftest import ALICE, ALICE_ACTOR, BOB
 
 V1_TABLES = {"users", "projects", "images", "captions"}
-LATER_TABLES = {"jobs", "job_events", "artifacts", "status_messages", "download_links", "settings", "caption_history"}
+LATER_TABLES = {"jobs", "job_events", "artifacts", "status_messages", "download_links", "settings", "caption_history",
+                "curation_marks", "pruned_tags", "training_plans"}
 
 
 async def _tables(db: Database) -> set[str]:
@@ -110,6 +114,46 @@ async def test_upgrade_from_version_1_keeps_rows_and_adds_tables(tmp_path: Path)
         assert (await again.fetchone("SELECT COUNT(*) FROM projects"))[0] == 1
     finally:
         await again.close()
+
+
+async def test_version_5_moves_curation_state_and_plans_out_of_settings(tmp_path: Path) -> None:
+    """What version 4 kept as settings rows moves into tables tied to their project: marks and pruned tags
+    in their order, plans not yet started; rows of a deleted project and started plans are dropped, and a
+    deleted project now takes its rows with it."""
+    path = tmp_path / "lorabake.db"
+    old = await Database.open(path, target_version=4)
+    try:
+        project_id = await _add_user_and_project(old)
+        rows = {f"curate.selection.{project_id}.train": '["red hair", "blue eyes"]',
+                f"curate.selection.{project_id}.reg": '["solo"]',
+                f"curate.pruned.{project_id}": '["purple hair", "slim"]',
+                "curate.pruned.999": '["of a deleted project"]',
+                "train.pending.aaaaaaaaaaaa": json.dumps({"user_id": ALICE, "project_id": project_id,
+                                                          "overrides": {"epochs": "3"}, "family": "sd15"}),
+                "train.pending.bbbbbbbbbbbb": "null",
+                "commands.sync_hash": "keep me"}
+        async with old.transaction() as tx:
+            await tx.executemany("INSERT INTO settings (key, value) VALUES (?, ?)", list(rows.items()))
+    finally:
+        await old.close()
+
+    new = await Database.open(path)
+    try:
+        assert await curation_rows.marked_tags(new, project_id, "train") == ["red hair", "blue eyes"]
+        assert await curation_rows.marked_tags(new, project_id, "reg") == ["solo"]
+        assert await curation_rows.pruned_tags(new, project_id) == ["purple hair", "slim"]
+        plan = await plan_rows.get(new, "aaaaaaaaaaaa")
+        assert plan is not None and (plan.user_id, plan.project_id, plan.overrides, plan.family) == (
+            ALICE, project_id, {"epochs": "3"}, "sd15")
+        assert await plan_rows.get(new, "bbbbbbbbbbbb") is None
+        assert [tuple(r) for r in await new.fetchall("SELECT key, value FROM settings")] == [
+            ("commands.sync_hash", "keep me")]
+        async with new.transaction() as tx:
+            await tx.execute("DELETE FROM projects WHERE id = ?", (project_id,))
+        for table in ("curation_marks", "pruned_tags", "training_plans"):
+            assert (await new.fetchone(f"SELECT COUNT(*) FROM {table}"))[0] == 0, table
+    finally:
+        await new.close()
 
 
 async def test_database_newer_than_code_is_refused_and_left_alone(tmp_path: Path) -> None:
