@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from engine.core import Core
 from engine.curation.collision import CollisionReport, check_trigger
 from engine.curation.export import ExportSummary, export_project
 from engine.curation.history import Curation, OpResult
@@ -20,9 +20,7 @@ from engine.tagging.model import load_tags
 from engine.tagging.tags import underscore_rule
 from storage import curation as curation_rows
 from storage import images as image_rows
-
-if TYPE_CHECKING:
-    from engine.facade import Engine
+from storage.projects import ProjectRow
 
 
 @dataclass(frozen=True)
@@ -41,17 +39,17 @@ class CurationView:
 
 
 class CurationAPI:
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._db = engine._db
-        self._service = Curation(engine._db, engine.layout)
+    def __init__(self, core: Core) -> None:
+        self._core = core
+        self._db = core.db
+        self._service = Curation(core.db, core.layout)
 
     async def sync_files(self) -> int:
         return await self._service.sync_files()
 
     async def view(self, actor: Actor, project: str | int, kind: str = "train") -> CurationView:
         row = await self._row(actor, project)
-        stats = await self._engine.tag_stats(actor, row.name, kind)
+        stats = await self._core.tag_stats(row, kind)
         suggested = {s.tag: s for s in suggest_traits(stats)} if kind == "train" else {}
         images = len(await image_rows.list_for_project(self._db, row.id, kind))
         return CurationView(row.id, row.name, row.trigger, kind, stats, suggested,
@@ -95,14 +93,14 @@ class CurationAPI:
 
     async def set_trigger(self, actor: Actor, project: str, trigger: str) -> tuple[OpResult, CollisionReport]:
         row = await self._row(actor, project)
-        counter = token_counter(local_tokenizer_dir(self._engine.config.models.base))
+        counter = token_counter(local_tokenizer_dir(self._core.config.models.base))
         result = await self._service.apply(row, SetTrigger(trigger), "train", count_tokens=counter)
         return result, await self.check_trigger(actor, row.name, result.trigger)
 
     async def check_trigger(self, actor: Actor, project: str, trigger: str | None = None) -> CollisionReport:
         row = await self._row(actor, project)
-        tags = {s.tag for s in await self._engine.tag_stats(actor, row.name, "train")}
-        config = self._engine.config
+        tags = {s.tag for s in await self._core.tag_stats(row, "train")}
+        config = self._core.config
         known = known_tagger_tags(config.tagger.model, config.tagger.cache_dir) | tags
         return check_trigger(trigger or row.trigger, tagger_tags=known,
                              tokenizer_dir=local_tokenizer_dir(config.models.base))
@@ -128,15 +126,14 @@ class CurationAPI:
 
     async def export(self, actor: Actor, project: str, repeats: int = 10) -> ExportSummary:
         row = await self._row(actor, project)
-        folder = self._engine.layout.project(row.user_id, row.dir_name)
+        folder = self._core.folders(row)
         out = folder.output / f"{row.name}-dataset.zip"
         return export_project(folder.root, name=row.name, trigger=row.trigger, class_name=row.class_name,
                               repeats=repeats, out=out)
 
-    async def _row(self, actor: Actor, project: str | int):
-        row = await (self._engine.own_project_row_by_id(actor, project) if isinstance(project, int)
-                     else self._engine.own_project_row(actor, project))
-        if any(job.kind == "tag" and job.project_id == row.id for job in await self._engine.jobs(actor)):
+    async def _row(self, actor: Actor, project: str | int) -> ProjectRow:
+        row = await self._core.own_project(actor, project)
+        if await self._core.active_jobs(row, "tag"):
             # The job would overwrite these edits with fresh tagger output when it finishes.
             raise Invalid(f"{row.name} is being tagged right now: curate once the tagging job has finished")
         return row

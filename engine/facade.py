@@ -13,17 +13,18 @@ from typing import Any
 
 from engine import intake, naming
 from engine.config import Config
+from engine.core import Core
 from engine.curation_api import CurationAPI
 from engine.dataset import Staging, jpeg_preview, sweep_orphan_images
 from engine.errors import Forbidden, Invalid, LimitReached, NotFound, SetupError, UserError
 from engine.events import EventBus, Subscription
 from engine.intake import IncomingFile, IntakeReport
-from engine.jobs import JobKind, load_kinds, require_kind
+from engine.jobs import JobKind, load_kinds
 from engine.links import LinkSigner, new_token_id
 from engine.records import Actor, Job, Project
 from engine.reg_api import RegAPI
 from engine.scheduler import Scheduler
-from engine.tagging.analyze import TagCount, analyze
+from engine.tagging.analyze import TagCount
 from engine.training_api import TrainingAPI
 from storage import artifacts as artifact_rows
 from storage import images as image_rows
@@ -45,21 +46,32 @@ log = logging.getLogger(__name__)
 
 class Engine:
     def __init__(self, config: Config, db: Database, layout: DataLayout, kinds: dict[str, JobKind]) -> None:
-        self.config = config
         self.layout = layout
-        self._db = db
-        self._kinds = kinds
         self.events = EventBus()
         self.scheduler = Scheduler(db, layout, config.queue, kinds, self.events, after_done=self._follow_up)
+        self.core = Core(config, db, layout, kinds, self.scheduler, self.events)
         self.links = LinkSigner.from_config(config.web.secret, layout.root / "secret.key")
         self.staging = Staging(layout)
         # Where members' browsers reach the download server; the service corrects it once it knows
         # the port it really got (port 0 = any free port).
         self.public_url = config.web_base_url
-        self.curation = CurationAPI(self)
-        self.training = TrainingAPI(self)
-        self.reg = RegAPI(self)
+        self.curation = CurationAPI(self.core)
+        self.training = TrainingAPI(self.core, pruned_tags=self.curation.pruned_tags)
+        self.reg = RegAPI(self.core)
         self._started = False
+
+    @property
+    def config(self) -> Config:
+        return self.core.config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        """One configuration for the facade and every service (tests and the CLI swap it)."""
+        self.core.config = config
+
+    @property
+    def _db(self) -> Database:
+        return self.core.db
 
     @classmethod
     async def open(cls, config: Config) -> Engine:
@@ -141,10 +153,7 @@ class Engine:
         return await self._project(await self.own_project_row_by_id(actor, project_id))
 
     async def own_project_row_by_id(self, actor: Actor, project_id: int) -> project_rows.ProjectRow:
-        row = await project_rows.get_by_id(self._db, project_id)
-        if row is None or row.user_id != actor.user_id:
-            raise NotFound("that project no longer exists, or it is not yours")
-        return row
+        return await self.core.own_project(actor, project_id)
 
     async def rename_project(self, actor: Actor, name: str, new_name: str) -> Project:
         row = await self.own_project_row(actor, name)
@@ -173,10 +182,7 @@ class Engine:
         return self.layout.project(row.user_id, row.dir_name).root
 
     async def own_project_row(self, actor: Actor, name: str) -> project_rows.ProjectRow:
-        row = await project_rows.get_by_name(self._db, actor.user_id, name.strip())
-        if row is None:
-            raise NotFound(f"you have no project called {name!r}: /lora list shows yours, /lora new makes one")
-        return row
+        return await self.core.own_project(actor, name)
 
     async def _project(self, row: project_rows.ProjectRow) -> Project:
         counts = await project_rows.counts(self._db, row.id)
@@ -246,52 +252,25 @@ class Engine:
         row = await self.own_project_row(actor, project)
         if not await image_rows.list_for_project(self._db, row.id):
             raise Invalid(f"{row.name} has no pictures to tag yet: add some with /lora upload first")
-        tagger = self.config.tagger
-        params = {
-            "model": tagger.model, "cache_dir": tagger.cache_dir, "include_ratings": tagger.include_ratings,
-            "blacklist": tagger.blacklist, "batch_size": tagger.batch_size, "trigger": row.trigger,
-            "general_threshold": tagger.general_threshold if general_threshold is None else general_threshold,
-            "character_threshold": tagger.character_threshold if character_threshold is None else character_threshold,
-            "kinds": ["train", "reg"],
-        }
+        params = {**self.core.tagger_params(), "trigger": row.trigger, "kinds": ["train", "reg"]}
+        for name, asked in (("general_threshold", general_threshold), ("character_threshold", character_threshold)):
+            if asked is not None:
+                params[name] = asked
         for name in ("general_threshold", "character_threshold"):
             if not 0.0 <= params[name] <= 2.0:
                 raise Invalid(f"{name.replace('_', ' ')} must be between 0 and 2 (above 1 turns that kind of tag off)")
-        return await self.enqueue(actor, "tag", row.name, params)
+        return await self.core.enqueue(actor, "tag", row, params)
 
     async def tag_stats(self, actor: Actor, project: str, kind: str = "train") -> list[TagCount]:
         """Each tag with how many of the set's captioned pictures have it, most common first."""
-        row = await self.own_project_row(actor, project)
-        captions = await image_rows.captions(self._db, row.id, kind)
-        return analyze(list(captions.values()), row.trigger)
+        return await self.core.tag_stats(await self.own_project_row(actor, project), kind)
 
     # --- jobs -----------------------------------------------------------------------------------
 
     async def enqueue(self, actor: Actor, kind_name: str, project: str | None = None,
                       params: dict[str, Any] | None = None, *, follows: int | None = None) -> Job:
-        """`follows`: the job this one was queued after by the engine itself (samples after a training);
-        the "queued" event carries it so a front-end can show the new job where the first one is shown."""
-        kind = require_kind(self._kinds, kind_name)
-        project_row = await self.own_project_row(actor, project) if project else None
-        if kind.needs_project and project_row is None:
-            raise Invalid(f"a {kind.title.lower()} job needs a project: name one of yours")
-        async with self._db.transaction() as tx:
-            await upsert_user(tx, actor.user_id, actor.name)
-            active = await job_rows.count_active_for_user(tx, actor.user_id)
-            if active >= self.config.queue.max_queued_per_user:
-                raise LimitReached(
-                    f"you already have {active} jobs queued or running, the most this server allows: "
-                    "wait for one to finish or /lora cancel one"
-                )
-            job_id = await job_rows.insert(
-                tx, user_id=actor.user_id, project_id=project_row.id if project_row else None, kind=kind.name,
-                lane=kind.lane, priority=kind.priority, params=params or {},
-            )
-            queued = {"kind": kind.name, **({"follows": follows} if follows is not None else {})}
-            await job_rows.add_event(tx, job_id, "queued", queued)
-        self.scheduler.publish("queued", job_id, actor.user_id, queued)
-        self.scheduler.wake(kind.lane)
-        return await self.job(job_id)
+        row = await self.own_project_row(actor, project) if project else None
+        return await self.core.enqueue(actor, kind_name, row, params, follows=follows)
 
     async def _follow_up(self, job: job_rows.JobRow) -> None:
         """What the engine queues by itself when a job has ended done: sample grids after a training
@@ -333,16 +312,13 @@ class Engine:
         return [await self.job(job_id) for job_id in chain]
 
     async def job(self, job_id: int) -> Job:
-        row = await job_rows.get(self._db, job_id)
-        if row is None:
-            raise NotFound(f"there is no job #{job_id}: /lora queue lists the jobs you have")
-        return (await self._jobs([row]))[0]
+        return await self.core.job(job_id)
 
     async def jobs(self, actor: Actor | None = None, *, include_finished: bool = False) -> list[Job]:
         """Queued and running jobs in the order they will run (actor None: everyone's)."""
         states = job_rows.ACTIVE_STATES + (job_rows.FINAL_STATES if include_finished else ())
         rows = await job_rows.list_jobs(self._db, states=states, user_id=actor.user_id if actor else None)
-        jobs = await self._jobs(rows)
+        jobs = await self.core.job_records(rows)
         return sorted(jobs, key=lambda job: (job.state != "running", job.position or 0, job.id))
 
     async def cancel(self, actor: Actor, job_id: int) -> Job:
@@ -357,30 +333,6 @@ class Engine:
 
     async def job_events(self, job_id: int) -> list[job_rows.JobEventRow]:
         return await job_rows.events(self._db, job_id)
-
-    async def _jobs(self, rows: list[job_rows.JobRow]) -> list[Job]:
-        positions = await self.scheduler.positions() if any(row.state == "queued" for row in rows) else {}
-        names: dict[int, str] = {}
-        for project_id in {row.project_id for row in rows if row.project_id}:
-            project = await project_rows.get_by_id(self._db, project_id)
-            if project:
-                names[project_id] = project.name
-        return [
-            Job(
-                id=row.id, user_id=row.user_id, project_id=row.project_id,
-                project_name=names.get(row.project_id) if row.project_id else None, kind=row.kind,
-                title=self._kinds[row.kind].title if row.kind in self._kinds else row.kind, lane=row.lane,
-                state=row.state, position=positions.get(row.id) if row.state == "queued" else None,
-                progress=row.progress, result=row.result, error=row.error, attempts=row.attempts,
-                created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
-                kept_files=await self._kept_files(row) if row.state in ("failed", "cancelled") else (),
-            )
-            for row in rows
-        ]
-
-    async def _kept_files(self, row: job_rows.JobRow) -> tuple[str, ...]:
-        paths = [await self.artifact_path(a) for a in await artifact_rows.list_for_job(self._db, row.id)]
-        return tuple(path.name for path in paths if path.is_file())
 
     # --- status messages (where a front-end shows a job) -----------------------------------------
 
@@ -400,10 +352,7 @@ class Engine:
         return await artifact_rows.list_for_project(self._db, row.id, kind)
 
     async def artifact_path(self, artifact: ArtifactRow) -> Path:
-        project = await project_rows.get_by_id(self._db, artifact.project_id)
-        if project is None:
-            raise NotFound("that file's project was deleted")
-        return self.layout.project(project.user_id, project.dir_name).root / artifact.path
+        return await self.core.artifact_path(artifact)
 
     async def download_link(self, actor: Actor, artifact_id: int) -> str:
         artifact = await artifact_rows.get(self._db, artifact_id)

@@ -5,18 +5,15 @@ from __future__ import annotations
 import asyncio
 import unicodedata
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from engine.core import Core, choose_family
 from engine.errors import Invalid, LimitReached
 from engine.models import resolve_base_model
 from engine.records import Actor, Job
 from engine.reg.spec import RegSpec, class_prompt
 from engine.training.options import preset
-from engine.training_api import choose_family
 from storage import images as image_rows
-
-if TYPE_CHECKING:
-    from engine.facade import Engine
+from storage.projects import ProjectRow
 
 # CLIP reads 77 tokens; a prompt far longer than that is cut off unseen, so it is refused instead.
 MAX_PROMPT_CHARS = 300
@@ -24,26 +21,26 @@ MAX_PROMPT_CHARS = 300
 
 @dataclass(frozen=True)
 class RegRequest:
-    project: str
+    project: ProjectRow
     spec: RegSpec
     new_pictures: int       # of spec.count, those not in the project yet
 
 
 class RegAPI:
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, core: Core) -> None:
+        self._core = core
 
     async def plan(self, actor: Actor, project: str, *, count: int | None = None,
                    prompt: str | None = None, family: str | None = None) -> RegRequest:
         """What a request would render. `prompt` replaces the project's class (the quality words of
         [reg] quality_prompt still go first); None or blank = the class. `family`: the base model the
         LoRA will be trained on (None: the server's default), so the pictures match it."""
-        engine = self._engine
-        settings = engine.config.reg
-        row = await engine.own_project_row(actor, project)
+        core = self._core
+        settings = core.config.reg
+        row = await core.own_project(actor, project)
         count = _check_count(settings.count if count is None else count, settings.max_count)
         subject = row.class_name if prompt is None or not prompt.strip() else _check_prompt(prompt)
-        models = engine.config.models
+        models = core.config.models
         family = choose_family(family, models.default_family)
         base_model, prediction = models.spec_for(family), models.prediction_for(family)
         # Resolving finds a missing or wrong base model now, with a message, not in the worker later.
@@ -53,33 +50,26 @@ class RegAPI:
                        prompt=class_prompt(settings.quality_prompt, subject), negative_prompt=settings.negative_prompt,
                        count=count, steps=settings.steps, guidance=settings.guidance, width=size, height=size,
                        seed=settings.seed, batch_size=settings.batch_size)
-        existing = await image_rows.list_for_project(engine._db, row.id, "reg")
+        existing = await image_rows.list_for_project(core.db, row.id, "reg")
         names = {picture.filename for picture in existing}
         new = sum(name not in names for name in spec.filenames())
         await self._check_room(actor, row.name, len(existing), new)
-        return RegRequest(row.name, spec, new)
+        return RegRequest(row, spec, new)
 
     async def start(self, actor: Actor, project: str, *, count: int | None = None,
                     prompt: str | None = None, family: str | None = None) -> Job:
         request = await self.plan(actor, project, count=count, prompt=prompt, family=family)
-        tagger = self._engine.config.tagger
-        params = {
-            **request.spec.to_params(),
-            "tagger": {"model": tagger.model, "cache_dir": tagger.cache_dir, "batch_size": tagger.batch_size,
-                       "general_threshold": tagger.general_threshold,
-                       "character_threshold": tagger.character_threshold,
-                       "include_ratings": tagger.include_ratings, "blacklist": tagger.blacklist},
-        }
-        return await self._engine.enqueue(actor, "reg", request.project, params)
+        params = {**request.spec.to_params(), "tagger": self._core.tagger_params()}
+        return await self._core.enqueue(actor, "reg", request.project, params)
 
     async def _check_room(self, actor: Actor, project: str, existing: int, new: int) -> None:
-        limits = self._engine.config.intake
+        limits = self._core.config.intake
         if existing + new > limits.max_images_per_project:
             raise LimitReached(
                 f"{project} has {existing} reg pictures and this would add {new}, more than the "
                 f"{limits.max_images_per_project} this server allows per set: ask for at most "
                 f"{max(limits.max_images_per_project - existing, 0)} more, or remove some first")
-        mine = await image_rows.count_for_user(self._engine._db, actor.user_id)
+        mine = await image_rows.count_for_user(self._core.db, actor.user_id)
         if mine + new > limits.max_images_per_user:
             raise LimitReached(
                 f"you have {mine} pictures across your projects and this would add {new}, more than the "

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from engine.config import MODEL_FAMILIES
+from engine.core import Core, choose_family
 from engine.errors import Invalid, NotFound, SetupError
 from engine.models import resolve_base_model
 from engine.models.base import native_resolution
@@ -25,21 +25,7 @@ from storage import training_plans as plan_rows
 from storage.artifacts import ArtifactRow
 from storage.projects import ProjectRow
 
-if TYPE_CHECKING:
-    from engine.facade import Engine
-
-
 _FAMILY_NAMES = {"sd15": "SD 1.x", "sdxl": "SDXL"}
-
-
-def choose_family(asked: str | None, default: str) -> str:
-    """The model family a member asked for (None: the server's default), checked."""
-    if asked is None:
-        return default
-    family = asked.strip().lower()
-    if family not in MODEL_FAMILIES:
-        raise Invalid(f"unknown model family {asked!r}: choose one of {', '.join(MODEL_FAMILIES)}")
-    return family
 
 
 def _step_pixels(options: TrainOptions) -> int:
@@ -77,21 +63,23 @@ def _hashes(found: dict[int | None, tuple[ArtifactRow, Path]]) -> dict[int, str]
 
 
 class TrainingAPI:
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, core: Core, pruned_tags: Callable[[int], Awaitable[list[str]]]) -> None:
+        """`pruned_tags(project_id)`: the tags the member pruned (curation's), which the sample scores look for."""
+        self._core = core
+        self._pruned_tags = pruned_tags
 
     async def plan(self, actor: Actor, project: str, overrides: dict[str, str], *,
                    family: str | None = None) -> PlannedTraining:
         """`family` picks the base model from [models] ("sd15" / "sdxl"; None = default_family)."""
-        engine = self._engine
-        family = choose_family(family, engine.config.models.default_family)
-        row = await engine.own_project_row(actor, project)
-        pictures = await image_rows.list_for_project(engine._db, row.id)
+        core = self._core
+        family = choose_family(family, core.config.models.default_family)
+        row = await core.own_project(actor, project)
+        pictures = await image_rows.list_for_project(core.db, row.id)
         train = [p for p in pictures if p.kind == "train"]
         if not train:
             raise Invalid(f"{row.name} has no training pictures yet: add some with /lora upload")
-        captions = await image_rows.captions(engine._db, row.id)
-        models = engine.config.models
+        captions = await image_rows.captions(core.db, row.id)
+        models = core.config.models
         info = await asyncio.to_thread(resolve_base_model, models.spec_for(family),
                                        prediction=models.prediction_for(family))
         if info.family != family:
@@ -99,7 +87,7 @@ class TrainingAPI:
                              f"model, not {_FAMILY_NAMES[family]}: the server owner should set [models] {family} "
                              f"to an {_FAMILY_NAMES[family]} model")
         options = dataclasses.replace(apply_overrides(preset(info.family, info.resolution), overrides),
-                                      max_train_steps_cap=engine.config.training.max_steps)
+                                      max_train_steps_cap=core.config.training.max_steps)
         seconds, source = await self._seconds_per_step(options)
         plan = make_plan(options, train_images=len(train), reg_images=len(pictures) - len(train),
                          seconds_per_step=seconds, speed_source=source)
@@ -116,7 +104,7 @@ class TrainingAPI:
     def defaults(self, family: str | None) -> TrainOptions:
         """The options a training starts from: the family's preset at the base model's own resolution, read
         from a local model's configs (a model still to be downloaded gets the family's usual one)."""
-        models = self._engine.config.models
+        models = self._core.config.models
         family = choose_family(family, models.default_family)
         path = Path(models.spec_for(family)).expanduser()
         return preset(family, native_resolution(path) if path.is_dir() else None)
@@ -124,37 +112,36 @@ class TrainingAPI:
     async def start(self, actor: Actor, project: str, overrides: dict[str, str], *,
                     family: str | None = None) -> Job:
         planned = await self.plan(actor, project, overrides, family=family)
-        row = await self._engine.own_project_row(actor, project)
-        models = self._engine.config.models
+        row = await self._core.own_project(actor, project)
+        models = self._core.config.models
         params = {"base_model": models.spec_for(planned.family), "prediction": models.prediction_for(planned.family),
                   "options": planned.options.to_dict(), "trigger": row.trigger, "class_name": row.class_name,
                   "name": row.name}
-        return await self._engine.enqueue(actor, "train", row.name, params)
+        return await self._core.enqueue(actor, "train", row, params)
 
     async def _seconds_per_step(self, options: TrainOptions) -> tuple[float, str]:
         """How long one step of `options` should take on this server: the newest finished training of the
         same family, scaled by the pixels a step handles; before there is one, the [training] guess."""
-        for job in await job_rows.latest_done(self._engine._db, "train"):
+        for job in await job_rows.latest_done(self._core.db, "train"):
             past, it_s = job.params.get("options") or {}, (job.result or {}).get("it_s")
             if past.get("family") == options.family and isinstance(it_s, (int, float)) and it_s > 0:
                 scale = _step_pixels(options) / (past["resolution"] ** 2 * past["batch_size"])
                 return scale / it_s, f"measured on this server's last {_FAMILY_NAMES[options.family]} training"
-        guess = getattr(self._engine.config.training, f"{options.family}_seconds_per_step")
+        guess = getattr(self._core.config.training, f"{options.family}_seconds_per_step")
         scale = _step_pixels(options) / _step_pixels(preset(options.family))
         return guess * scale, "a guess until a training has run on this server"
 
     def _trained_family(self, row: ProjectRow) -> str:
         """The family the project's LoRA was trained on (the default family when there is no LoRA yet, or
         it does not say)."""
-        output = self._engine.layout.project(row.user_id, row.dir_name).output
-        return trained_family(output, row.name) or self._engine.config.models.default_family
+        return trained_family(self._core.folders(row).output, row.name) or self._core.config.models.default_family
 
-    async def _lora_files(self, actor: Actor, row: ProjectRow) -> dict[int | None, tuple[ArtifactRow, Path]]:
+    async def _lora_files(self, row: ProjectRow) -> dict[int | None, tuple[ArtifactRow, Path]]:
         """epoch → (artifact, path) of the trained files still on disk; None is the final file."""
         found: dict[int | None, tuple[ArtifactRow, Path]] = {}
-        output = self._engine.layout.project(row.user_id, row.dir_name).output
-        for artifact in await self._engine.artifacts(actor, row.name):
-            path = await self._engine.artifact_path(artifact)
+        output = self._core.folders(row).output
+        for artifact in await self._core.artifacts(row):
+            path = await self._core.artifact_path(artifact)
             if path.parent != output:   # an earlier run's, moved aside: its links work, it is not this run's
                 continue
             if artifact.kind == "lora" and path.is_file():
@@ -166,8 +153,8 @@ class TrainingAPI:
     async def lora_file(self, actor: Actor, project: str, epoch: int | None = None) -> LoraFile:
         """The trained file to hand over: one epoch's if asked; else the recommended epoch's when samples of
         the current files exist; else the final LoRA (only files still on disk)."""
-        row = await self._engine.own_project_row(actor, project)
-        found = await self._lora_files(actor, row)
+        row = await self._core.own_project(actor, project)
+        found = await self._lora_files(row)
         if not found:
             raise NotFound(f"{row.name} has no trained LoRA yet: start one with /lora train")
         report = read_report(self._samples_folder(row))
@@ -186,57 +173,54 @@ class TrainingAPI:
     async def samples(self, actor: Actor, project: str, *, follows: int | None = None) -> Job:
         """Queues sample grids and scores for every kept epoch of the project's LoRA ([samples] config).
         `follows`: the job this one was queued after (a training), so front-ends can show it there."""
-        engine = self._engine
-        row = await engine.own_project_row(actor, project)
-        if not epoch_files(engine.layout.project(row.user_id, row.dir_name).output, row.name):
+        core = self._core
+        row = await core.own_project(actor, project)
+        if not epoch_files(core.folders(row).output, row.name):
             raise Invalid(f"{row.name} has no trained epochs to sample yet: train it first with /lora train")
-        sampling, models, family = engine.config.samples, engine.config.models, self._trained_family(row)
-        frequent = [s.tag for s in await engine.tag_stats(actor, row.name) if s.share >= 0.5]
-        pruned = await engine.curation.pruned_tags(row.id)
-        tagger = engine.config.tagger
+        sampling, models, family = core.config.samples, core.config.models, self._trained_family(row)
+        frequent = [s.tag for s in await core.tag_stats(row) if s.share >= 0.5]
+        pruned = await self._pruned_tags(row.id)
         params = {
             "base_model": models.spec_for(family), "prediction": models.prediction_for(family),
             "name": row.name, "trigger": row.trigger, "class_name": row.class_name, "frequent_tags": frequent,
             "pruned_tags": pruned,
-            "tagger": {"model": tagger.model, "cache_dir": tagger.cache_dir,
-                       "general_threshold": tagger.general_threshold,
-                       "character_threshold": tagger.character_threshold, "blacklist": tagger.blacklist},
+            "tagger": core.tagger_params(),
             "weights": sampling.weights, "seeds": sampling.seeds, "steps": sampling.steps,
             "guidance": sampling.guidance, "size": sampling.size,
             "batch_size": sampling.batch_size,
             "max_bytes": 8 * 2**20, "max_leak": sampling.max_leak, "extra_models": sampling.extra_models,
         }
-        return await engine.enqueue(actor, "samples", row.name, params, follows=follows)
+        return await core.enqueue(actor, "samples", row, params, follows=follows)
 
     async def latest_samples(self, actor: Actor, project: str, epoch: int | None = None) -> SampleResults:
         """The last samples run: recommendation, scores and pictures (only `epoch`'s grid and rows if given)."""
-        row = await self._engine.own_project_row(actor, project)
+        row = await self._core.own_project(actor, project)
         folder = self._samples_folder(row)
         report = read_report(folder)
         if report is None:
             raise NotFound(f"{row.name} has no samples yet: train it, then run /lora samples")
         return sample_results(row.name, folder, report, epoch=epoch,
-                              epoch_hashes=_hashes(await self._lora_files(actor, row)))
+                              epoch_hashes=_hashes(await self._lora_files(row)))
 
     def _samples_folder(self, row: ProjectRow) -> Path:
-        return self._engine.layout.project(row.user_id, row.dir_name).samples
+        return self._core.folders(row).samples
 
     async def remember(self, actor: Actor, project: str, overrides: dict[str, str], *,
                        family: str | None = None) -> str:
         """Keeps a shown plan for its Start button; returns the token the button carries."""
-        row = await self._engine.own_project_row(actor, project)
+        row = await self._core.own_project(actor, project)
         token = secrets.token_hex(6)
-        await plan_rows.insert(self._engine._db, token, user_id=actor.user_id, project_id=row.id,
+        await plan_rows.insert(self._core.db, token, user_id=actor.user_id, project_id=row.id,
                                overrides=overrides, family=family)
         return token
 
     async def start_remembered(self, actor: Actor, token: str) -> Job:
-        db = self._engine._db
+        db = self._core.db
         plan = await plan_rows.get(db, token)
         if plan is None or plan.user_id != actor.user_id or not await plan_rows.delete(db, token):
             raise NotFound("this training plan is not yours or no longer exists: run /lora train again")
         try:
-            row = await self._engine.own_project_row_by_id(actor, plan.project_id)
+            row = await self._core.own_project(actor, plan.project_id)
             return await self.start(actor, row.name, plan.overrides, family=plan.family)
         except BaseException:
             await plan_rows.put_back(db, plan)   # refused: the button still works once the reason is fixed

@@ -57,3 +57,64 @@ def test_sql_lives_in_storage() -> None:
              for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
              if statement.search(line)]
     assert found == []
+
+
+def engine_import_graph() -> dict[str, set[str]]:
+    """engine module → the engine modules it imports at its top level (TYPE_CHECKING blocks included: a
+    circle there is still a circle for a reader). `from package import submodule` depends on the submodule."""
+    modules = {}
+    for path in (REPO / "engine").rglob("*.py"):
+        parts = list(path.relative_to(REPO).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    def imports(body: list[ast.stmt]) -> set[str]:
+        deps: set[str] = set()
+        for node in body:
+            if isinstance(node, ast.If):
+                deps |= imports(node.body) | imports(node.orelse)
+            elif isinstance(node, ast.Import):
+                deps.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                submodules = {f"{node.module}.{alias.name}" for alias in node.names} & modules.keys()
+                deps.update(submodules)
+                if len(submodules) < len(node.names):
+                    deps.add(node.module)
+        return deps
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps = imports(ast.parse(path.read_text(encoding="utf-8")).body)
+        graph[name] = {dep for dep in deps if dep in modules and dep != name}
+    return graph
+
+
+def test_no_import_circle_in_the_engine() -> None:
+    """The facade assembles the services from engine.core; no service imports the facade back."""
+    graph, state, circles = engine_import_graph(), {}, []
+
+    def walk(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for dep in sorted(graph[module]):
+            if state.get(dep) == "open":
+                circles.append(" → ".join(path[path.index(dep):] + [dep]) if dep in path else dep)
+            elif dep not in state:
+                walk(dep, path + [dep])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            walk(module, [module])
+    assert circles == []
+    services = ("engine.core", "engine.curation_api", "engine.training_api", "engine.reg_api")
+    assert [s for s in services if "engine.facade" in graph[s]] == []
+
+
+def test_no_one_reaches_into_another_objects_database_handle() -> None:
+    """`x._db` only as `self._db`: services get the database from the core they are handed."""
+    found = []
+    for package in ("engine", "bot"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if (isinstance(node, ast.Attribute) and node.attr == "_db"
+                        and not (isinstance(node.value, ast.Name) and node.value.id == "self")):
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert found == []
