@@ -11,18 +11,17 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.access import AccessPolicy
-from bot.browse_views import BrowseButton
-from bot.buttons import DYNAMIC_ITEMS
-from bot.cogs.curate import CurateCog
-from bot.cogs.pictures import PicturesCog
-from bot.cogs.projects import ProjectsCog
-from bot.cogs.queue import QueueCog
-from bot.cogs.reg import RegCog
-from bot.cogs.tags import TagsCog
-from bot.cogs.training import StartTrainingButton, TrainingCog
-from bot.curate_views import CURATE_ITEMS
+from bot.commands import lora_bot
+from bot.curate.cog import CurateCog
+from bot.pictures.cog import PicturesCog
+from bot.projects.cog import ProjectsCog
+from bot.queue.cog import QueueCog
+from bot.reg.cog import RegCog
 from bot.replies import report_error
+from bot.samples.cog import SamplesCog
 from bot.status import StatusMessages
+from bot.tags.cog import TagsCog
+from bot.training.cog import TrainingCog
 from engine.config import Config
 from engine.facade import Engine
 
@@ -35,7 +34,7 @@ class LoraTree(app_commands.CommandTree):
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         if interaction.type is discord.InteractionType.autocomplete:
             return True
-        self.client.access.check(interaction)  # type: ignore[attr-defined]
+        lora_bot(interaction).access.check(interaction)
         return True
 
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
@@ -55,15 +54,10 @@ class LoraBot(commands.Bot):
         self.status_messages = StatusMessages(self, engine, config.discord.status_edit_interval_s)
 
     async def setup_hook(self) -> None:
-        await self.add_cog(ProjectsCog(self))
-        await self.add_cog(PicturesCog(self))
-        await self.add_cog(TagsCog(self))
-        await self.add_cog(CurateCog(self))
-        await self.add_cog(RegCog(self))
-        await self.add_cog(TrainingCog(self))
-        await self.add_cog(QueueCog(self))
+        # One cog per area; each files its commands under /lora and registers its own persistent buttons.
+        for cog in (ProjectsCog, PicturesCog, TagsCog, CurateCog, RegCog, TrainingCog, SamplesCog, QueueCog):
+            await self.add_cog(cog(self))
         self.tree.add_command(self.lora)
-        self.add_dynamic_items(*DYNAMIC_ITEMS, *CURATE_ITEMS, BrowseButton, StartTrainingButton)
         self.status_messages.start()
         await self.sync_commands()
         await self.status_messages.refresh_active()

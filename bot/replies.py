@@ -67,3 +67,16 @@ async def report_error(interaction: discord.Interaction, error: BaseException) -
         await reply(interaction, text)
     except discord.HTTPException:
         log.warning("could not tell user %s about an error: %s", interaction.user.id, text)
+
+
+class ReportsErrors:
+    """Mixed into each button: errors raised by a click become a clear ephemeral reply."""
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await self.handle(interaction)
+        except Exception as error:  # noqa: BLE001 - every failure is reported to the clicker
+            await report_error(interaction, error)
+
+    async def handle(self, interaction: discord.Interaction) -> None:
+        raise NotImplementedError

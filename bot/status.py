@@ -11,9 +11,8 @@ import time
 
 import discord
 
-from bot.buttons import job_view
-from bot.render import job_embed
-from bot.sample_posts import post_results
+from bot.job_messages import job_embed, job_view
+from bot.samples.views import post_results
 from engine.errors import UserError
 from engine.facade import Engine
 from engine.records import Actor, EngineEvent, Job

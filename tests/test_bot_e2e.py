@@ -6,8 +6,7 @@ import asyncio
 import dataclasses
 from pathlib import Path
 
-from bot.buttons import job_view
-from bot.render import job_embed
+from bot.job_messages import job_embed, job_view
 from tests.conftest import ALICE, ALICE_ACTOR, BOB, BOB_ACTOR, MOD, Studio
 from tests.discord_helpers import custom_ids, text_of
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import discord
 
-from bot.buttons import job_view
-from bot.render import job_embed
+from bot.job_messages import job_embed, job_view
 from engine.config import load_config
 from engine.facade import Engine
 from tests.conftest import ALICE_ACTOR, BOB_ACTOR, REPO, Studio

@@ -1,23 +1,17 @@
-"""/lora new, list, info, delete: a member's own projects."""
+"""/lora new, list, info, delete."""
 from __future__ import annotations
 
 import discord
 from discord import app_commands
 
 from bot.access import actor_of
-from bot.buttons import delete_view
-from bot.cogs import LoraCog
-from bot.render import project_embed, project_list_embed
-
-
-async def own_project_names(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-    """Autocomplete: only the member's own projects, at most 25 as Discord allows."""
-    engine = interaction.client.engine  # type: ignore[attr-defined]
-    names = await engine.project_names(actor_of(interaction), current, limit=25)
-    return [app_commands.Choice(name=name, value=name) for name in names]
+from bot.commands import LoraCog, own_project_names
+from bot.projects.views import ConfirmDeleteButton, delete_view, project_embed, project_list_embed
 
 
 class ProjectsCog(LoraCog):
+    dynamic_items = (ConfirmDeleteButton,)
+
     @app_commands.command(name="new", description="Start a LoRA project for a character")
     @app_commands.describe(
         name="A name for the project, e.g. XingBar30",

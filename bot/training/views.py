@@ -1,15 +1,23 @@
-"""The advanced training options form: every option kohya users know, grouped into the five text boxes a
-Discord modal allows, each pre-filled with the preset's values so a member edits numbers instead of
-remembering names. Only the values the member changed become overrides; the engine validates them."""
+"""How a training is shown before it starts: the plan (steps, time, GPU memory, what the model reads) with its
+Start button, which keeps working after a restart (the plan waits in the database), and the advanced
+options form: every option kohya users know, grouped into the five text boxes a Discord modal allows, each
+pre-filled with the preset's values so a member edits numbers instead of remembering names. Only the values
+the member changed become overrides; the engine validates them."""
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping
 
 import discord
 
-from bot.replies import report_error
+from bot.access import actor_of
+from bot.commands import engine_of
+from bot.job_messages import show_job
+from bot.render import clip
+from bot.replies import ReportsErrors, report_error
 from engine.errors import Invalid
 from engine.training.options import TrainOptions
+from engine.training_api import PlannedTraining
 
 # (field id, label, options): labels are at most 45 characters (Discord); every settable option is in one group.
 ADVANCED_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -84,3 +92,46 @@ class AdvancedOptionsModal(discord.ui.Modal):
 
     async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
         await report_error(interaction, error)
+
+
+def plan_embed(planned: PlannedTraining) -> discord.Embed:
+    plan, options = planned.plan, planned.options
+    embed = discord.Embed(title=clip(f"🧪 Training plan for {planned.project} ({planned.family.upper()})", 256),
+                          colour=discord.Colour.blurple())
+    embed.description = clip("\n".join(plan.explanation), 4096)
+    embed.add_field(name="Pictures", value=f"{plan.images} (+{plan.reg_images} reg)")
+    embed.add_field(name="Repeats × epochs", value=f"{plan.repeats} × {plan.epochs}")
+    embed.add_field(name="Steps", value=f"{plan.steps_per_epoch}/epoch, {plan.total_steps} in all")
+    embed.add_field(name="Network", value=f"dim {options.network_dim}, alpha {options.network_alpha}")
+    embed.add_field(name="Learning rates", value=f"UNet {options.unet_lr:g}" + (
+        f", text encoder {options.text_encoder_lr:g}" if options.train_text_encoder else ", text encoder frozen"))
+    embed.add_field(name="Resolution", value=str(options.resolution))
+    embed.add_field(name="What the model reads", inline=False, value=clip("\n".join(
+        f"{which}: `{caption or '(no caption)'}`" for which, caption in (
+            ("Training picture", planned.example_captions.get("train")),
+            ("Reg picture", planned.example_captions.get("reg"))) if caption is not None), 1024))
+    if planned.uncaptioned:
+        embed.add_field(name="⚠️ No caption", value=f"{planned.uncaptioned} pictures: run /lora tag first", inline=False)
+    embed.set_footer(text="Press Start to queue it; one file per epoch is kept so you can pick the best.")
+    return embed
+
+
+class StartTrainingButton(ReportsErrors, discord.ui.DynamicItem[discord.ui.Button],
+                          template=r"lb:train:(?P<token>[0-9a-f]{12}):(?P<owner>\d+)"):
+    def __init__(self, token: str, owner: int) -> None:
+        self.token, self.owner = token, owner
+        super().__init__(discord.ui.Button(label="Start training", style=discord.ButtonStyle.success, emoji="🚀",
+                                           custom_id=f"lb:train:{token}:{owner}"))
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
+                             match: re.Match[str], /) -> StartTrainingButton:
+        return cls(match["token"], int(match["owner"]))
+
+    async def handle(self, interaction: discord.Interaction) -> None:
+        if interaction.user.id != self.owner:
+            await interaction.response.send_message("🚫 This is someone else's training plan.", ephemeral=True)
+            return
+        await interaction.response.defer()
+        job = await engine_of(interaction).training.start_remembered(actor_of(interaction), self.token)
+        await show_job(interaction, job)

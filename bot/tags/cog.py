@@ -1,4 +1,4 @@
-"""/lora tag (WD14 tagging as a queued job) and /lora tags (the tag list, page by page)."""
+"""/lora tag and /lora tags."""
 from __future__ import annotations
 
 from typing import Literal
@@ -7,15 +7,15 @@ import discord
 from discord import app_commands
 
 from bot.access import actor_of
-from bot.buttons import job_view, tags_view
-from bot.cogs import LoraCog
-from bot.cogs.pictures import SETS
-from bot.cogs.projects import own_project_names
-from bot.render import job_embed, tag_page_embed
+from bot.commands import SETS, LoraCog, own_project_names
+from bot.job_messages import show_job
 from bot.replies import defer_publicly
+from bot.tags.views import TagsPageButton, tag_page_embed, tags_view
 
 
 class TagsCog(LoraCog):
+    dynamic_items = (TagsPageButton,)
+
     @app_commands.command(name="tag", description="Write a caption (tags) for every picture of a project")
     @app_commands.describe(project="One of your projects",
                            general_threshold="Keep tags the tagger is at least this sure of (default 0.35)",
@@ -27,8 +27,7 @@ class TagsCog(LoraCog):
         await defer_publicly(interaction)
         job = await self.engine.tag(actor_of(interaction), project, general_threshold=general_threshold,
                                     character_threshold=character_threshold)
-        message = await interaction.edit_original_response(embed=job_embed(job), view=job_view(job.id, True))
-        await self.bot.status_messages.track(job, message)
+        await show_job(interaction, job)
 
     @app_commands.command(name="tags", description="The tags of a project's pictures, most common first")
     @app_commands.describe(project="One of your projects", picture_set="Training (default) or regularization")

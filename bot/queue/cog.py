@@ -1,17 +1,19 @@
-"""/lora queue, cancel, check: the shared GPU queue as a member (or an admin) sees it."""
+"""/lora queue, cancel, check."""
 from __future__ import annotations
 
 import discord
 from discord import app_commands
 
 from bot.access import actor_of, is_admin
-from bot.buttons import job_view
-from bot.cogs import LoraCog
-from bot.render import job_embed, queue_embed
+from bot.commands import LoraCog
+from bot.job_messages import CancelJobButton, show_job
+from bot.queue.views import queue_embed
 from bot.replies import defer_publicly
 
 
 class QueueCog(LoraCog):
+    dynamic_items = (CancelJobButton,)
+
     @app_commands.command(name="queue", description="Your jobs and their places in the queue")
     @app_commands.describe(everyone="Server managers: show every member's jobs")
     async def queue(self, interaction: discord.Interaction, everyone: bool = False) -> None:
@@ -38,5 +40,4 @@ class QueueCog(LoraCog):
     async def check(self, interaction: discord.Interaction) -> None:
         await defer_publicly(interaction)
         job = await self.engine.enqueue(actor_of(interaction), "check")
-        message = await interaction.edit_original_response(embed=job_embed(job), view=job_view(job.id, True))
-        await self.bot.status_messages.track(job, message)
+        await show_job(interaction, job)

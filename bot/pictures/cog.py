@@ -1,4 +1,4 @@
-"""/lora upload (attachments, zips, or a modal upload) and "Apps → Add to LoRA project"."""
+"""/lora upload and "Apps → Add to LoRA project"."""
 from __future__ import annotations
 
 from typing import Literal
@@ -7,20 +7,16 @@ import discord
 from discord import app_commands
 
 from bot.access import actor_of
-from bot.buttons import AddToProjectSelect
-from bot.cogs import LoraCog
-from bot.cogs.projects import own_project_names
-from bot.render import intake_embed
+from bot.commands import SETS, LoraCog, engine_of, own_project_names
+from bot.pictures.uploads import download, looks_uploadable, with_progress
+from bot.pictures.views import AddToProjectSelect, intake_embed
 from bot.replies import report_error
-from bot.uploads import download, looks_uploadable, with_progress
-
-SETS = {"training": "train", "regularization": "reg"}
 
 
 async def add_and_report(interaction: discord.Interaction, project: str, kind: str,
                          attachments: list[discord.Attachment]) -> None:
     """Downloads, hands to the engine with live progress, and answers with the report (deferred before)."""
-    engine = interaction.client.engine  # type: ignore[attr-defined]
+    engine = engine_of(interaction)
     max_bytes = int(engine.config.intake.max_file_mb * 2**20)
     files, refused = await download(attachments, max_bytes)
 
@@ -50,6 +46,8 @@ class UploadModal(discord.ui.Modal):
 
 
 class PicturesCog(LoraCog):
+    dynamic_items = (AddToProjectSelect,)
+
     async def cog_load(self) -> None:
         await super().cog_load()
         self.bot.tree.add_command(app_commands.ContextMenu(name="Add to LoRA project", callback=self.add_from_message))

@@ -8,16 +8,16 @@ import re
 import discord
 
 from bot.access import actor_of
-from bot.buttons import ReportsErrors
+from bot.commands import engine_of
 from bot.render import clip
-from bot.replies import report_error
+from bot.replies import ReportsErrors, report_error
 from engine.intake.report import shown_name
 
 
 async def browse_message(interaction: discord.Interaction, project_id: int, index: int,
                          note: str = "") -> dict:
     """The embed, preview file and buttons for picture number `index` (wrapping) of a project."""
-    engine = interaction.client.engine  # type: ignore[attr-defined]
+    engine = engine_of(interaction)
     actor = actor_of(interaction)
     project = await engine.get_project_by_id(actor, project_id)
     images = await engine.images(actor, project.name, "train")
@@ -58,7 +58,7 @@ class BrowseButton(ReportsErrors, discord.ui.DynamicItem[discord.ui.Button],
         return cls(int(match["project_id"]), int(match["index"]), int(match["image_id"]), match["action"])
 
     async def handle(self, interaction: discord.Interaction) -> None:
-        engine = interaction.client.engine  # type: ignore[attr-defined]
+        engine = engine_of(interaction)
         actor = actor_of(interaction)
         if self.action == "edit":
             project = await engine.get_project_by_id(actor, self.project_id)
@@ -83,7 +83,7 @@ class EditTagsModal(discord.ui.Modal):
         self.add_item(self.text)
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        engine = interaction.client.engine  # type: ignore[attr-defined]
+        engine = engine_of(interaction)
         result = await engine.curation.edit_caption(actor_of(interaction), self.project_id, self.image_id,
                                                     self.text.value)
         await interaction.response.defer()

@@ -1,15 +1,12 @@
-"""/lora reg: render the project's regularization (class) pictures with the base model, as a queued job
-with a live status message and a Cancel button. Uploading your own is /lora upload set:reg."""
+"""/lora reg."""
 from __future__ import annotations
 
 import discord
 from discord import app_commands
 
 from bot.access import actor_of
-from bot.buttons import job_view
-from bot.cogs import MODEL_CHOICES, LoraCog
-from bot.cogs.projects import own_project_names
-from bot.render import job_embed
+from bot.commands import MODEL_CHOICES, LoraCog, own_project_names
+from bot.job_messages import show_job
 from bot.replies import defer_publicly
 
 
@@ -27,5 +24,4 @@ class RegCog(LoraCog):
                   prompt: app_commands.Range[str, 1, 300] | None = None, model: str | None = None) -> None:
         await defer_publicly(interaction)
         job = await self.engine.reg.start(actor_of(interaction), project, count=count, prompt=prompt, family=model)
-        message = await interaction.edit_original_response(embed=job_embed(job), view=job_view(job.id, True))
-        await self.bot.status_messages.track(job, message)
+        await show_job(interaction, job)

@@ -10,8 +10,9 @@ import re
 import discord
 
 from bot.access import actor_of
-from bot.buttons import ReportsErrors
+from bot.commands import engine_of
 from bot.render import clip
+from bot.replies import ReportsErrors
 from engine.curation_api import CurationView
 
 TAGS_PER_PAGE = 20  # four rows of five; the fifth row holds the controls
@@ -61,7 +62,7 @@ def curate_view(view: CurationView, page: int) -> discord.ui.View:
 
 
 async def show(interaction: discord.Interaction, project_id: int, kind: str, page: int, note: str = "") -> None:
-    engine = interaction.client.engine  # type: ignore[attr-defined]
+    engine = engine_of(interaction)
     view = await engine.curation.view(actor_of(interaction), project_id, kind)
     await interaction.response.edit_message(embed=curate_embed(view, page, note), view=curate_view(view, page))
 
@@ -81,7 +82,7 @@ class TagToggle(ReportsErrors, discord.ui.DynamicItem[discord.ui.Button],
         return cls(int(match["project_id"]), match["kind"], int(match["page"]), match["key"])
 
     async def handle(self, interaction: discord.Interaction) -> None:
-        engine = interaction.client.engine  # type: ignore[attr-defined]
+        engine = engine_of(interaction)
         actor = actor_of(interaction)
         view = await engine.curation.view(actor, self.project_id, self.kind)
         tag = next((s.tag for s in view.stats if tag_key(s.tag) == self.key), None)
@@ -109,7 +110,7 @@ class CurateControl(ReportsErrors, discord.ui.DynamicItem[discord.ui.Button],
         return cls(int(match["project_id"]), match["kind"], int(match["page"]), match["action"])
 
     async def handle(self, interaction: discord.Interaction) -> None:
-        engine = interaction.client.engine  # type: ignore[attr-defined]
+        engine = engine_of(interaction)
         actor = actor_of(interaction)
         note = ""
         if self.action == "apply":
@@ -119,6 +120,3 @@ class CurateControl(ReportsErrors, discord.ui.DynamicItem[discord.ui.Button],
         elif self.action == "redo":
             note = f"↪ Redone: {(await engine.curation.redo(actor, self.project_id)).description}"
         await show(interaction, self.project_id, self.kind, self.page, note)
-
-
-CURATE_ITEMS = (TagToggle, CurateControl)

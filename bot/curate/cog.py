@@ -1,4 +1,4 @@
-"""/lora curate, browse, trigger, replace, export: shaping the captions the LoRA learns from."""
+"""/lora curate, browse, trigger, replace, export."""
 from __future__ import annotations
 
 from typing import Literal
@@ -7,16 +7,16 @@ import discord
 from discord import app_commands
 
 from bot.access import actor_of
-from bot.browse_views import browse_message
-from bot.cogs import LoraCog
-from bot.cogs.pictures import SETS
-from bot.cogs.projects import own_project_names
-from bot.curate_views import curate_embed, curate_view
+from bot.commands import SETS, LoraCog, own_project_names
+from bot.curate.browse import BrowseButton, browse_message
+from bot.curate.views import CurateControl, TagToggle, curate_embed, curate_view
 from bot.render import clip
 from engine.curation.ops import split_tags
 
 
 class CurateCog(LoraCog):
+    dynamic_items = (TagToggle, CurateControl, BrowseButton)
+
     @app_commands.command(name="curate", description="Prune the tags that describe your character's fixed looks")
     @app_commands.describe(project="One of your projects", picture_set="Training (default) or regularization")
     @app_commands.rename(picture_set="set")

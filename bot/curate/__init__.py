@@ -1,0 +1,1 @@
+"""/lora curate (prune tags with buttons), browse, trigger, replace, export."""

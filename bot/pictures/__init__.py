@@ -1,0 +1,1 @@
+"""/lora upload (attachments, zips, or a form) and "Apps → Add to LoRA project"."""

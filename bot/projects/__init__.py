@@ -1,0 +1,1 @@
+"""/lora new, list, info, delete: a member's own projects."""

@@ -1,0 +1,1 @@
+"""/lora queue, cancel, check: the jobs, and a system check of the GPU box."""

@@ -1,0 +1,1 @@
+"""/lora reg: regularization pictures of the project's class, rendered by the base model."""

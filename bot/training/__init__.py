@@ -1,0 +1,1 @@
+"""/lora train (plan, then Start) and /lora download."""
