@@ -118,3 +118,11 @@ def test_no_one_reaches_into_another_objects_database_handle() -> None:
                         and not (isinstance(node.value, ast.Name) and node.value.id == "self")):
                     found.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert found == []
+
+
+def test_test_files_share_helpers_not_each_other() -> None:
+    """Shared test code lives in tests/helpers.py (and the fake Discord's helpers), not in another test file."""
+    found = [f"{path.relative_to(REPO)} imports {name}"
+             for path in sorted((REPO / "tests").glob("*.py"))
+             for name in sorted(imported_modules(path)) if name.startswith("tests.test_")]
+    assert found == []

@@ -9,23 +9,7 @@ from pathlib import Path
 from bot.job_messages import job_embed, job_view
 from tests.conftest import ALICE, ALICE_ACTOR, BOB, BOB_ACTOR, MOD, Studio
 from tests.discord_helpers import custom_ids, text_of
-
-
-async def ask(studio: Studio, user: int, command: str, options: dict | None = None, *,
-              until=lambda text: True, **kwargs) -> dict:
-    """Runs a slash command and returns the answer the member sees (the first whose text passes `until`)."""
-    interaction = await studio.fake.slash(user, command, options or {}, **kwargs)
-    await interaction.acked()
-
-    def answered(message: dict) -> bool:
-        mine = message["id"] == interaction.original_id or message["id"] in interaction.followup_ids
-        return mine and bool(text_of(message)) and until(text_of(message))
-
-    return await studio.fake.wait_for_message(answered, timeout=30)
-
-
-async def new_project(studio: Studio, user: int = ALICE, name: str = "XingBar30") -> dict:
-    return await ask(studio, user, "lora new", {"name": name, "trigger": "XingBar", "class": "man"})
+from tests.helpers import ask, new_project
 
 
 async def test_commands_are_synced_under_one_lora_group(studio: Studio) -> None:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,30 +13,8 @@ from engine.config import Config
 from engine.facade import Engine
 from engine.records import Actor
 from storage.migrations import LATEST_VERSION
-from tests.conftest import ALICE, ALICE_ACTOR, REPO
-
-LORABAKE = REPO / ".venv" / "bin" / "lorabake"
-if not LORABAKE.exists():  # another venv layout: the entry point next to this interpreter
-    LORABAKE = Path(sys.executable).with_name("lorabake")
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("LORABAKE_DISCORD_TOKEN", "DISCORD_TOKEN")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env["LORABAKE_JOB_PLUGINS"] = "tests.jobkinds"
-    return env
-
-
-def lorabake(cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(LORABAKE), *args], cwd=cwd, env=_env(), capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def ok_json(cwd: Path, *args: str, timeout: float = 60):
-    done = lorabake(cwd, *args, "--json", timeout=timeout)
-    assert done.returncode == 0, done.stderr
-    assert "Traceback" not in done.stderr
-    return json.loads(done.stdout)
+from tests.conftest import ALICE, ALICE_ACTOR
+from tests.helpers import lorabake, ok_json
 
 
 def _one_line(text: str) -> str:

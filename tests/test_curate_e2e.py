@@ -15,7 +15,7 @@ from engine.devtools.tiny_models import write_tiny_tagger
 from engine.intake import IncomingFile
 from tests.conftest import ALICE, ALICE_ACTOR, BOB, BOB_ACTOR, Studio
 from tests.discord_helpers import custom_ids, text_of
-from tests.test_bot_e2e import ask, new_project
+from tests.helpers import ask, caption_files, click, new_project
 
 SEED_TRAITS = ["brown eyes", "long hair", "male focus", "mature male", "muscular", "blonde hair", "pectorals",
                "muscular male", "manly", "large pectorals"]
@@ -44,11 +44,6 @@ async def seeded_project(studio: Studio, pictures: int = 6) -> list[int]:
     return [image.id for image in images]
 
 
-def caption_files(studio: Studio) -> dict[str, str]:
-    folder = studio.engine.layout.project(ALICE, "XingBar30").dataset
-    return {path.stem: path.read_text() for path in folder.glob("*.txt")}
-
-
 def button_for(message: dict, tag: str) -> str:
     """The custom_id of the tag's button on the curate screen (labels start with the tag)."""
     for row in message["components"]:
@@ -57,12 +52,6 @@ def button_for(message: dict, tag: str) -> str:
             if label.startswith(f"{tag} "):
                 return item["custom_id"]
     raise LookupError(f"no button for {tag!r}")
-
-
-async def click(studio: Studio, user: int, message: dict, custom_id: str) -> dict:
-    interaction = await studio.fake.click(user, message["id"], custom_id)
-    await interaction.acked()
-    return studio.fake.messages[message["id"]]
 
 
 async def test_prune_by_buttons_across_a_restart_then_undo(studio: Studio) -> None:

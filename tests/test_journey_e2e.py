@@ -15,9 +15,7 @@ from engine.config import Config, SamplesConfig
 from engine.devtools.pictures import picture
 from tests.conftest import ALICE, Studio
 from tests.discord_helpers import custom_ids, ended, text_of
-from tests.test_bot_e2e import ask, new_project
-from tests.test_curate_e2e import caption_files, click
-from tests.test_training_e2e import TINY
+from tests.helpers import TINY, ask, caption_files, click, new_project
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from engine.devtools.pictures import picture, zip_of
 from engine.devtools.tiny_models import write_tiny_tagger
 from tests.conftest import ALICE, ALICE_ACTOR, BOB, Studio
 from tests.discord_helpers import custom_ids, text_of
-from tests.test_bot_e2e import ask, new_project
+from tests.helpers import ask, new_project
 
 
 @pytest.fixture

@@ -21,13 +21,7 @@ from engine.jobs import reg as reg_job
 from engine.jobs.context import JobContext, JobSpec
 from engine.reg.spec import MANIFEST_NAME, PENDING_DIR, Manifest, RegSpec
 from tests.conftest import ALICE_ACTOR, BOB_ACTOR
-
-
-def tiny_config(config: Config, tiny_models) -> Config:
-    return dataclasses.replace(
-        config, models=dataclasses.replace(config.models, sd15=str(tiny_models.sd15)),
-        tagger=dataclasses.replace(config.tagger, model=str(tiny_models.tagger), general_threshold=0.2),
-        reg=dataclasses.replace(config.reg, count=3, steps=2, resolution=64, batch_size=2, seed=10))
+from tests.helpers import tiny_config
 
 
 @pytest.fixture

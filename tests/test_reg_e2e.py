@@ -13,9 +13,7 @@ from engine.config import Config
 from engine.reg.spec import MANIFEST_NAME, PENDING_DIR, Manifest
 from tests.conftest import ALICE, ALICE_ACTOR, Studio
 from tests.discord_helpers import custom_ids, ended, text_of
-from tests.test_bot_e2e import ask, new_project
-from tests.test_cli import ok_json
-from tests.test_reg import tiny_config
+from tests.helpers import ask, new_project, ok_json, tiny_config
 
 
 @pytest.fixture

@@ -16,8 +16,7 @@ from engine.devtools.pictures import picture
 from engine.intake import IncomingFile
 from tests.conftest import ALICE, ALICE_ACTOR, Studio
 from tests.discord_helpers import custom_ids, ended, text_of
-from tests.test_bot_e2e import ask, new_project
-from tests.test_training_e2e import TINY
+from tests.helpers import TINY, ask, new_project
 
 WEIGHTS = [0.0, 0.5, 1.0]
 

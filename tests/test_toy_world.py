@@ -17,7 +17,7 @@ from engine.devtools.toy_world import world
 from engine.devtools.toy_world.tokenizer import world_words, write_toy_tokenizer
 from engine.models import resolve_base_model
 from engine.training.options import preset
-from tests.test_cli import lorabake
+from tests.helpers import lorabake
 
 
 @pytest.fixture(scope="module")

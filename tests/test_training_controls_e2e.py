@@ -13,9 +13,8 @@ from engine.config import Config
 from tests.conftest import ALICE, Studio
 from tests.discord_helpers import custom_ids, text_of
 from tests.fakediscord.limits import walk_components
+from tests.helpers import TINY, ask, captioned_project
 from tests.poisoned_training import POISON_AT_STEP
-from tests.test_bot_e2e import ask
-from tests.test_training_e2e import TINY, captioned_project
 
 
 @pytest.fixture

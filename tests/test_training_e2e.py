@@ -13,9 +13,7 @@ from engine.devtools.pictures import picture
 from engine.intake import IncomingFile
 from tests.conftest import ALICE, ALICE_ACTOR, BOB, Studio
 from tests.discord_helpers import custom_ids, ended, text_of
-from tests.test_bot_e2e import ask, new_project
-
-TINY = "resolution=64, bucket_min=64, bucket_max=64, batch_size=2, network_dim=4, network_alpha=2"
+from tests.helpers import TINY, ask, captioned_project, new_project
 
 
 @pytest.fixture
@@ -24,13 +22,6 @@ def config(config: Config, tiny_models) -> Config:
                                models=dataclasses.replace(config.models, default_family="sd15",
                                                           sd15=str(tiny_models.sd15), sdxl=str(tiny_models.sdxl)),
                                tagger=dataclasses.replace(config.tagger, model=str(tiny_models.tagger)))
-
-
-async def captioned_project(studio: Studio) -> None:
-    await new_project(studio)
-    await studio.engine.add_images(ALICE_ACTOR, "XingBar30", [IncomingFile(f"p{n}.png", picture(n)) for n in range(2)])
-    for image in await studio.engine.images(ALICE_ACTOR, "XingBar30"):
-        await studio.engine.curation.edit_caption(ALICE_ACTOR, "XingBar30", image.id, "solo, shirt")
 
 
 async def test_plan_start_progress_and_files(studio: Studio) -> None:
