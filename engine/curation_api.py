@@ -9,8 +9,8 @@ from pathlib import Path
 from engine.core import Core
 from engine.curation.collision import CollisionReport, check_trigger
 from engine.curation.export import ExportSummary, export_project
-from engine.curation.history import Curation, OpResult
 from engine.curation.ops import EditCaption, RemoveDuplicates, RemoveTags, ReplaceTags, SetTrigger, SortTags
+from engine.curation.service import Curation, OpResult
 from engine.curation.suggest import Suggestion, suggest_traits
 from engine.errors import Invalid
 from engine.records import Actor

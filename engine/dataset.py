@@ -1,5 +1,6 @@
-"""A project's pictures and captions: intake into the project folders, staging for pictures that
-arrive before the member has picked a project, tagging results into the database, tag statistics."""
+"""A project's pictures outside intake (engine/intake): staging for pictures that arrive before the member
+has picked a project, the tagging job's captions into the database, pictures a crash left without rows, and
+small previews for Discord."""
 from __future__ import annotations
 
 import io

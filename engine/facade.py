@@ -1,6 +1,7 @@
-"""The one API that the bot, the CLI and the tests drive. It knows projects, jobs, events and files;
-it knows nothing of Discord. Every call that touches a project takes the Actor asking, and only ever
-finds that actor's own projects: another member's project is simply "not found"."""
+"""The one API that the bot, the CLI and the tests drive. It knows projects, jobs, events and files; it
+knows nothing of Discord. It assembles the services (curation, training, reg pictures) on one
+engine.core.Core and offers the rest itself. Every call that touches a project takes the Actor asking,
+and only ever finds that actor's own projects: another member's project is simply "not found"."""
 from __future__ import annotations
 
 import asyncio

@@ -23,7 +23,7 @@ from engine.curation import (
     split_tags,
     validate_trigger,
 )
-from engine.curation import history as history_module
+from engine.curation import service as curation_service
 from engine.errors import Invalid, SetupError
 from storage import images as image_rows
 from storage import projects as project_rows
@@ -241,7 +241,7 @@ async def test_a_new_op_clears_what_was_undone(world: World) -> None:
 
 
 async def test_history_keeps_the_newest_entries(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(history_module, "HISTORY_LIMIT", 2)
+    monkeypatch.setattr(curation_service, "HISTORY_LIMIT", 2)
     for tag in ("smile", "long hair", "red eyes"):
         await world.curation.apply(world.project, RemoveTags([tag]))
     assert len(await world.curation.history(world.project)) == 2
