@@ -16,6 +16,7 @@ from typing import Any
 from bot import cli_curate
 from bot.cli_args import ROW_ID, USER_ID
 from engine.config import MODEL_FAMILIES, ConfigError, load_config
+from engine.core import JobConflict
 from engine.errors import Invalid, UserError
 from engine.facade import Engine
 from engine.intake import IncomingFile
@@ -227,7 +228,8 @@ def _project_text(project: Project) -> str:
 def _job_text(job: Job) -> str:
     where = f" [{job.project_name}]" if job.project_name else ""
     place = f" #{job.position} in {job.lane} queue" if job.position else ""
-    return f"#{job.id} {job.title}{where}: {job.state}{place} (user {job.user_id})" + (
+    state = "interrupted (no lorabake process runs it; it goes on when one starts)" if job.interrupted else job.state
+    return f"#{job.id} {job.title}{where}: {state}{place} (user {job.user_id})" + (
         f" — {job.error}" if job.error else "")
 
 
@@ -302,17 +304,30 @@ async def _images_add(engine: Engine, args: argparse.Namespace) -> int:
 async def _run_or_queue(engine: Engine, args: argparse.Namespace, start: Callable[[], Awaitable[Job]],
                         what: str) -> int:
     """Runs the job here and prints how it ended; while a bot runs jobs from the same data folder, queues
-    it for that bot instead."""
+    it for that bot instead. When the project already has such a job (one a crash interrupted, say), that
+    one is run and waited for instead of queuing a second; a job of another kind that would write the same
+    project is a refusal (exit 1)."""
+    said: list[str] = []
     try:
-        jobs = await engine.run_chain_here(start)
+        try:
+            jobs = await engine.run_chain_here(start)
+        finally:
+            said += [f"found {_job_text(job)}" for job in engine.recovered]
     except SchedulerBusy:
         job = await start()  # the running bot picks it up
         _emit(args, job.to_dict(), f"queued as job #{job.id}; the running bot will {what}")
         return 0
+    except JobConflict as conflict:
+        if conflict.job.kind != args.verb:
+            raise
+        said.append(f"job #{conflict.job.id} ({conflict.job.title} of {conflict.job.project_name}) was already "
+                    "queued: running that one here instead of starting another")
+        jobs = await engine.follow_here(conflict.job.id)
     # A training is followed by its sample grids: the chain is shown whole.
-    data = {**jobs[0].to_dict(), **({"follow_ups": [job.to_dict() for job in jobs[1:]]} if jobs[1:] else {})}
-    _emit(args, data, "\n".join(_job_text(job) + ("\n" + json.dumps(job.result, indent=2) if job.result else "")
-                                for job in jobs))
+    data = {**jobs[0].to_dict(), **({"follow_ups": [job.to_dict() for job in jobs[1:]]} if jobs[1:] else {}),
+            **({"notes": said} if said else {})}
+    _emit(args, data, "\n".join(said + [_job_text(job) + ("\n" + json.dumps(job.result, indent=2) if job.result
+                                                          else "") for job in jobs]))
     return 0 if all(job.state == "done" for job in jobs) else 1
 
 

@@ -35,6 +35,8 @@ def job_line(job: Job) -> str:
     where = f" · **{job.project_name}**" if job.project_name else ""
     if job.state == "queued" and job.position:
         state = f"#{job.position} in the {LANE_NAMES.get(job.lane, job.lane)} queue"
+    elif job.interrupted:
+        state = "interrupted: it goes on when the bot starts"
     elif job.state == "running" and job.progress and job.progress.get("total"):
         state = f"running {job.progress.get('step', 0)}/{job.progress['total']}"
     return f"{icon} `#{job.id}` {job.title}{where} — {state}"

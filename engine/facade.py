@@ -60,6 +60,7 @@ class Engine:
         self.training = TrainingAPI(self.core, pruned_tags=self.curation.pruned_tags)
         self.reg = RegAPI(self.core)
         self._started = False
+        self.recovered: list[Job] = []
 
     @property
     def config(self) -> Config:
@@ -102,9 +103,14 @@ class Engine:
             raise
 
     async def start(self) -> None:
-        """Recovers interrupted jobs and starts the lanes."""
-        await self.scheduler.start()
+        """Recovers interrupted jobs (`recovered` then says which, as they are now: back in the queue with a
+        note, or failed with the reason) and starts the lanes."""
+        ids = await self.scheduler.start()
         self._started = True
+        self.recovered = [await self.core.job(job_id) for job_id in ids]
+        for job in self.recovered:
+            log.warning("job #%d (%s of %s) was interrupted; now %s: %s", job.id, job.title, job.project_name,
+                        job.state, job.error)
 
     async def close(self) -> None:
         if self._started:
@@ -298,18 +304,30 @@ class Engine:
         try:
             if not self._started:
                 await self.start()
-            job = await start()
-            chain, waiting = [job.id], {job.id}
-            async for event in subscription:
-                if event.type == "queued" and event.data.get("follows") in chain:
-                    chain.append(event.job_id)
-                    waiting.add(event.job_id)
-                elif event.final:
-                    waiting.discard(event.job_id)
-                if not waiting:
-                    break
+            return await self._follow(subscription, (await start()).id)
         finally:
             subscription.close()
+
+    async def follow_here(self, job_id: int) -> list[Job]:
+        """Runs jobs here until `job_id`, already queued (a recovered one, say), and its follow-ups have
+        ended; returns them as they ended."""
+        subscription = self.subscribe()
+        try:
+            if not self._started:
+                await self.start()
+            return await self._follow(subscription, job_id)
+        finally:
+            subscription.close()
+
+    async def _follow(self, subscription: Subscription, job_id: int) -> list[Job]:
+        chain, waiting = [job_id], set() if not (await self.job(job_id)).active else {job_id}
+        while waiting:
+            event = await subscription.get()
+            if event.type == "queued" and event.data.get("follows") in chain:
+                chain.append(event.job_id)
+                waiting.add(event.job_id)
+            elif event.final:
+                waiting.discard(event.job_id)
         return [await self.job(job_id) for job_id in chain]
 
     async def job(self, job_id: int) -> Job:

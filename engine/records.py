@@ -53,13 +53,17 @@ class Job:
     # A job that failed or was cancelled: the files it had already written that are still there (the
     # epochs of an interrupted training), so the member knows what was kept.
     kept_files: tuple[str, ...] = ()
+    # Running in the database, but no lorabake process is running jobs from this data folder (it was killed):
+    # the job resumes, or fails with a reason, when the bot or a job-running command starts.
+    interrupted: bool = False
 
     @property
     def active(self) -> bool:
         return self.state in ("queued", "running")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # An interrupted job is "running" only in the database: say what it is.
+        return {**asdict(self), **({"state": "interrupted"} if self.interrupted else {})}
 
 
 @dataclass(frozen=True)

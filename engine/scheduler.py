@@ -58,10 +58,13 @@ class Scheduler:
         self._cancelled: set[int] = set()
         self._lock_file: int | None = None
 
-    async def start(self) -> None:
+    async def start(self) -> list[int]:
+        """Takes the data folder, deals with jobs a dead process left running (their ids come back), and
+        starts the lanes."""
         self._take_lock()
-        await self.recover()
+        recovered = await self.recover()
         self._loops = [asyncio.create_task(self._lane_loop(lane), name=f"lane-{lane}") for lane in LANES]
+        return recovered
 
     def _take_lock(self) -> None:
         """One scheduler per data folder: two would both run the GPU lane, and each would think the
@@ -77,6 +80,23 @@ class Scheduler:
                 "stop it first, or queue the job through Discord"
             ) from None
         self._lock_file = fd
+
+    def runs_jobs(self) -> bool:
+        """Whether some lorabake process (this one or another, e.g. the bot) is running jobs from this data
+        folder now: it holds the folder's scheduler lock."""
+        if self._lock_file is not None:
+            return True
+        path = self._layout.root / "scheduler.lock"
+        if not path.exists():
+            return False
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)   # also releases the shared lock, if it was taken
+        return False
 
     async def stop(self) -> None:
         """Stops the lanes; running jobs are killed and go back to the queue for the next start."""
@@ -102,7 +122,7 @@ class Scheduler:
             _kill_stale_worker(job.worker_pid)
             kind = self._kinds.get(job.kind)
             if kind is not None and kind.resumable and job.attempts < self._config.max_attempts:
-                reason = (f"the bot restarted during attempt {job.attempts}: the job went back in the queue "
+                reason = (f"lorabake restarted during attempt {job.attempts}: the job went back in the queue "
                           f"(attempt {job.attempts + 1} of {self._config.max_attempts}) and goes on from the work "
                           "it had saved")
                 async with self._db.transaction() as tx:

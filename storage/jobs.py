@@ -76,12 +76,15 @@ async def get(db: Database | Tx, job_id: int) -> JobRow | None:
 
 
 async def list_jobs(db: Database | Tx, *, states: tuple[str, ...] = ACTIVE_STATES, user_id: int | None = None,
-                    lane: str | None = None, limit: int = 500) -> list[JobRow]:
+                    lane: str | None = None, project_id: int | None = None, limit: int = 500) -> list[JobRow]:
     where = [f"state IN ({', '.join('?' * len(states))})"]
     params: list[Any] = list(states)
     if user_id is not None:
         where.append("user_id = ?")
         params.append(user_id)
+    if project_id is not None:
+        where.append("project_id = ?")
+        params.append(project_id)
     if lane is not None:
         where.append("lane = ?")
         params.append(lane)

@@ -72,7 +72,7 @@ if not LORABAKE.exists():  # another venv layout: the entry point next to this i
     LORABAKE = Path(sys.executable).with_name("lorabake")
 
 
-def _env() -> dict[str, str]:
+def lorabake_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("LORABAKE_DISCORD_TOKEN", "DISCORD_TOKEN")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env["LORABAKE_JOB_PLUGINS"] = "tests.jobkinds"
@@ -80,7 +80,7 @@ def _env() -> dict[str, str]:
 
 
 def lorabake(cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(LORABAKE), *args], cwd=cwd, env=_env(), capture_output=True, text=True,
+    return subprocess.run([str(LORABAKE), *args], cwd=cwd, env=lorabake_env(), capture_output=True, text=True,
                           timeout=timeout)
 
 

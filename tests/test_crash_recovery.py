@@ -95,7 +95,7 @@ async def test_kill_9_mid_job_then_restart_requeues_and_tells_the_owner(fake: Fa
         # Running again, the message still says why, and counts this attempt's own progress.
         again = await fake.wait_for_message(lambda m: m["id"] == str(message.id) and "attempt 2" in text_of(m)
                                             and "running" in text_of(m))
-        assert "the bot restarted during attempt 1" in text_of(again) and "holding" in text_of(again)
+        assert "lorabake restarted during attempt 1" in text_of(again) and "holding" in text_of(again)
         gate.write_text("go")
         await fake.wait_for_message(lambda m: m["id"] == str(message.id) and "finished" in text_of(m), timeout=30)
         final = await studio.engine.job(job.id)

@@ -77,7 +77,7 @@ def test_curate_pages_fit_discord_and_mark_what_is_selected() -> None:
 def test_job_messages_say_where_a_job_stands() -> None:
     job = Job(id=4, user_id=1001, project_id=1, project_name="XingBar30", kind="train", title="Training",
               lane="gpu", state="queued", position=2, progress=None, result=None,
-              error="the bot restarted during attempt 1: the job went back in the queue", attempts=1,
+              error="lorabake restarted during attempt 1: the job went back in the queue", attempts=1,
               created_at=0.0, started_at=None, finished_at=None, kept_files=())
     queued = job_embed(job)
     _within_limits(queued)

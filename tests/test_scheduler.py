@@ -179,7 +179,7 @@ async def test_restart_requeues_interrupted_jobs_or_fails_them_with_a_reason(con
         await job_rows.mark_running(tx, resumable.id, None)
     running = await second.job(resumable.id)
     assert running.state == "running" and running.attempts == 2 and not running.progress
-    assert running.error == again.error and "the bot restarted during attempt 1" in running.error
+    assert running.error == again.error and "lorabake restarted during attempt 1" in running.error
     await second.close()
 
 
