@@ -82,7 +82,7 @@ def test_job_messages_say_where_a_job_stands() -> None:
     queued = job_embed(job)
     _within_limits(queued)
     assert queued.title == "⏳ Training #4 — #2 in the GPU queue"
-    assert _fields(queued)["Note"].startswith("the bot restarted")
+    assert _fields(queued)["Note"].startswith("lorabake restarted")
     running = job_embed(dataclasses.replace(job, state="running", position=None, attempts=2,
                                             progress={"step": 41, "total": 400, "message": "epoch 6",
                                                       "loss": 0.0291, "it_s": 3.2, "eta_s": 112}))

@@ -254,9 +254,11 @@ async def test_plan_and_start_use_the_chosen_familys_model(engine: Engine, tiny:
     params = (await job_rows.get(engine._db, job.id)).params
     assert (params["base_model"], params["prediction"], params["options"]["family"]) == (
         str(tiny.sdxl), "v_prediction", "sdxl")
+    await engine.cancel(ALICE_ACTOR, job.id)   # one training of a project at a time
     job = await engine.training.start(ALICE_ACTOR, "XingBar30", {})
     params = (await job_rows.get(engine._db, job.id)).params
     assert (params["base_model"], params["prediction"]) == (str(tiny.sd15), None)
+    await engine.cancel(ALICE_ACTOR, job.id)
 
     # The Start button under a shown plan starts that plan's family.
     token = await engine.training.remember(ALICE_ACTOR, "XingBar30", {}, family="sdxl")
