@@ -22,6 +22,7 @@ from engine.events import EventBus, Subscription
 from engine.intake import IncomingFile, IntakeReport
 from engine.jobs import JobKind, load_kinds
 from engine.links import LinkSigner, new_token_id
+from engine.name_cache import ProjectNames, matching
 from engine.records import Actor, Job, Project
 from engine.reg_api import RegAPI
 from engine.scheduler import Scheduler
@@ -61,6 +62,7 @@ class Engine:
         self.reg = RegAPI(self.core)
         self._started = False
         self.recovered: list[Job] = []
+        self._names = ProjectNames(self._load_names)
 
     @property
     def config(self) -> Config:
@@ -140,17 +142,18 @@ class Engine:
             # Folders first, row second: a crash in between leaves only an empty folder, swept on start.
             self.layout.create_project_dirs(actor.user_id, dir_name)
             row = await project_rows.insert_project(tx, actor.user_id, name, dir_name, trigger, class_name)
+        self._names.added(actor.user_id, row.name)
         return await self._project(row)
 
     async def list_projects(self, actor: Actor) -> list[Project]:
         return [await self._project(row) for row in await project_rows.list_for_user(self._db, actor.user_id)]
 
     async def project_names(self, actor: Actor, prefix: str = "", limit: int = 25) -> list[str]:
-        rows = await project_rows.list_for_user(self._db, actor.user_id)
-        wanted = prefix.strip().lower()
-        starts = [row.name for row in rows if row.name.lower().startswith(wanted)]
-        contains = [row.name for row in rows if wanted in row.name.lower() and row.name not in starts]
-        return (starts + contains)[:limit]
+        """The member's project names matching what they typed, from memory (autocomplete)."""
+        return matching(await self._names.of(actor.user_id), prefix, limit)
+
+    async def _load_names(self, user_id: int) -> list[str]:
+        return [row.name for row in await project_rows.list_for_user(self._db, user_id)]
 
     async def get_project(self, actor: Actor, name: str) -> Project:
         return await self._project(await self.own_project_row(actor, name))
@@ -170,6 +173,7 @@ class Engine:
             if clash and clash.id != row.id:
                 raise Invalid(f"you already have a project called {new_name}")
             await project_rows.rename(tx, row.id, new_name)
+        self._names.renamed(actor.user_id, row.name, new_name)
         return await self.get_project(actor, new_name)
 
     async def delete_project(self, actor: Actor, name: str) -> Project:
@@ -181,6 +185,7 @@ class Engine:
                 await self.scheduler.cancel(job.id, job.user_id, "its project was deleted")
         async with self._db.transaction() as tx:
             await project_rows.delete(tx, row.id)
+        self._names.removed(actor.user_id, row.name)
         self.layout.discard(self.layout.project(row.user_id, row.dir_name).root)
         return project
 
