@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -354,6 +355,15 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("discord.client").setLevel(logging.ERROR)  # "voice will NOT be supported": noise here
     samples, violations, wall_s = asyncio.run(run_bench(args.users, args.rounds))
     print(report(samples, violations, args.users, args.rounds, wall_s))
+    print(json.dumps(headline(samples)))
+
+
+def headline(samples: list[Sample]) -> dict[str, Any]:
+    """The figures the issue asks for, while a worker is busy: acknowledgement p99 and autocomplete p50."""
+    busy = [s for s in samples if s.condition == BUSY]
+    autocomplete = [s.ack_s for s in busy if s.command.endswith("(autocomplete)")]
+    return {"bench": "ack_latency", "ack_p99_ms": round(percentile([s.ack_s for s in busy], 99) * 1000, 2),
+            "autocomplete_p50_ms": round(percentile(autocomplete, 50) * 1000, 2)}
 
 
 if __name__ == "__main__":
