@@ -146,5 +146,7 @@ def test_after_kill_9_the_command_line_goes_on_with_the_one_training(tmp_path: P
     assert f"found #{job_id} Training [Bar]: queued" in notes and "lorabake restarted during attempt 1" in notes
     assert (f"job #{job_id} (Training of Bar) was already queued: running that one here instead of starting "
             "another") in notes
-    assert result["id"] == job_id and result["state"] == "done" and result["result"]["resumed_from_epoch"] >= 3
+    # Epoch 3's file was there when it was killed; its state is written just after it, so the run goes on
+    # after epoch 3, or after epoch 2 if the kill came in between.
+    assert result["id"] == job_id and result["state"] == "done" and result["result"]["resumed_from_epoch"] >= 2
     assert _train_jobs(tmp_path / "data") == [(job_id, "done", 2)], "one training, resumed, not a second one"
