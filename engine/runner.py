@@ -26,11 +26,15 @@ class Outcome:
     log_tail: list[str] = field(default_factory=list)
 
 
+LOG_END_WAIT_S = 1.0
+
+
 class WorkerProcess:
     def __init__(self, process: asyncio.subprocess.Process, log_path: Path) -> None:
         self.process = process
         self.log_path = log_path
         self._tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self._stderr_task: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int:
@@ -52,9 +56,11 @@ class WorkerProcess:
         return cls(process, log_path)
 
     async def run(self, on_event: Callable[[dict[str, Any]], Awaitable[None]]) -> Outcome:
-        """Streams events to `on_event` until the process exits; returns how it ended."""
+        """Streams events to `on_event`; returns how the job ended. A job that reports its result is done
+        then, while its process still exits (imports torn down, memory given back): `reap` waits for that.
+        A failure waits for the process, so its log tail is complete."""
         final: dict[str, Any] | None = None
-        stderr_task = asyncio.create_task(self._drain_stderr())
+        self._stderr_task = asyncio.create_task(self._drain_stderr())
         assert self.process.stdout is not None
         async for raw in self.process.stdout:
             try:
@@ -62,18 +68,31 @@ class WorkerProcess:
             except ValueError:
                 self._tail.append(raw.decode(errors="replace").rstrip())
                 continue
-            if event.get("type") in ("done", "failed"):
+            if event.get("type") == "done":
+                # The worker ended its log before this event: let the last lines reach the file (a child
+                # process still holding the pipe must not hold the result back, hence the bound).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._stderr_task), LOG_END_WAIT_S)
+                return Outcome("done", result=event.get("result") or {}, log_tail=list(self._tail))
+            if event.get("type") == "failed":
                 final = event
             else:
                 await on_event(event)
         code = await self.process.wait()
-        await stderr_task
+        await self._stderr_task
         tail = list(self._tail)
-        if final is not None and final["type"] == "done":
-            return Outcome("done", result=final.get("result") or {}, log_tail=tail)
         if final is not None:
             return Outcome("failed", error=final.get("error") or "the job failed", log_tail=tail)
         return Outcome("failed", error=_describe_crash(code), log_tail=tail)
+
+    async def reap(self, grace_s: float) -> None:
+        """Waits for the process to exit after its result (killing it after `grace_s`), and for its log."""
+        try:
+            await asyncio.wait_for(self.process.wait(), grace_s)
+        except TimeoutError:
+            await self.kill(grace_s)
+        if self._stderr_task is not None:
+            await self._stderr_task
 
     async def _drain_stderr(self) -> None:
         assert self.process.stderr is not None

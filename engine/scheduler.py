@@ -55,6 +55,7 @@ class Scheduler:
         self._wake = {lane: asyncio.Event() for lane in LANES}
         self._loops: list[asyncio.Task[None]] = []
         self._running: dict[int, WorkerProcess] = {}
+        self._exiting: set[WorkerProcess] = set()   # finished jobs whose process is still exiting
         self._cancelled: set[int] = set()
         self._lock_file: int | None = None
 
@@ -106,6 +107,9 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._loops = []
+        for worker in list(self._exiting):   # done, but its process was still exiting: let it go first
+            await worker.reap(self._config.cancel_grace_s)
+        self._exiting.clear()
         if self._lock_file is not None:
             os.close(self._lock_file)  # closing the descriptor releases the flock
             self._lock_file = None
@@ -236,6 +240,11 @@ class Scheduler:
         else:
             await self._finish(job.id, job.user_id, "failed", error=outcome.error,
                                extra={"log_tail": outcome.log_tail[-8:]})
+        # The member already has the result; the lane's next job waits until this process has given its
+        # memory back (on one GPU, two models loaded at once could run out of it).
+        self._exiting.add(worker)
+        await worker.reap(self._config.cancel_grace_s)   # if the engine stops meanwhile, stop() reaps it
+        self._exiting.discard(worker)
 
     async def _watch_for_outside_cancel(self, job: job_rows.JobRow, worker: WorkerProcess) -> None:
         """A job cancelled by another process (the CLI) only changes its row: notice, and stop it."""

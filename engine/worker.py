@@ -21,6 +21,15 @@ def _exit_when_parent_goes(stdin) -> None:
     os._exit(75)
 
 
+def _close_log() -> None:
+    """Ends the job's log before its result goes out, so the log is whole when the job counts as done;
+    what the interpreter prints while exiting goes nowhere."""
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+
+
 def _protocol_stream():
     """Keeps a private handle on the real stdout for events and points fd 1 at stderr, so that
     nothing a library prints can corrupt the event stream."""
@@ -47,6 +56,7 @@ def main() -> int:
         traceback.print_exc()
         ctx.emit("failed", error=f"internal error in {spec.kind}: {type(exc).__name__}: {exc}")
         return 1
+    _close_log()
     ctx.emit("done", result=result or {})
     return 0
 

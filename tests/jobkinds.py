@@ -15,6 +15,7 @@ JOB_KINDS = [
     JobKind("hold", "Held job", "gpu", "tests.jobkinds:hold", needs_project=False),
     JobKind("hold_cpu", "Held CPU job", "cpu", "tests.jobkinds:hold", needs_project=False),
     JobKind("quick", "Quick job", "gpu", "tests.jobkinds:quick", needs_project=False),
+    JobKind("slow_exit", "Slow to exit", "gpu", "tests.jobkinds:slow_exit", needs_project=False),
     JobKind("artifact", "File maker", "cpu", "tests.jobkinds:artifact"),
     JobKind("crash", "Crashing job", "gpu", "tests.jobkinds:crash", needs_project=False),
     JobKind("fail", "Failing job", "gpu", "tests.jobkinds:fail", needs_project=False),
@@ -34,6 +35,14 @@ def hold(ctx: JobContext) -> dict[str, Any]:
         time.sleep(0.02)
     ctx.progress(2, 2, "released")
     return {"released": True, "attempt": ctx.spec.attempt}
+
+
+def slow_exit(ctx: JobContext) -> dict[str, Any]:
+    """Reports its result, then takes a while to exit (as a worker tearing torch down does)."""
+    import atexit
+
+    atexit.register(time.sleep, float(ctx.params.get("exit_s", 1.5)))
+    return {"pid": os.getpid()}
 
 
 def quick(ctx: JobContext) -> dict[str, Any]:

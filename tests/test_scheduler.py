@@ -132,6 +132,19 @@ async def test_worker_crash_fails_only_that_job_and_keeps_its_last_words(engine:
     assert "about to crash" in log
 
 
+async def test_a_job_is_done_when_its_result_arrives_and_the_next_waits_for_its_exit(engine: Engine) -> None:
+    """The member gets the result before the worker has exited; the lane starts its next job only once that
+    process is gone (on one GPU, it still holds the memory)."""
+    events = engine.subscribe()
+    slow = await engine.enqueue(ALICE_ACTOR, "slow_exit", params={"exit_s": 1.5})
+    after = await engine.enqueue(ALICE_ACTOR, "quick")
+    done = await wait_event(events, lambda e: e.job_id == slow.id and e.final)
+    pid = done.data["result"]["pid"]
+    assert done.type == "done" and pid_alive(pid), "finished while its process was still exiting"
+    await wait_event(events, lambda e: e.job_id == after.id and e.type == "started")
+    assert not pid_alive(pid), "the next job started only after it had exited"
+
+
 async def test_job_failure_message_reaches_the_user(engine: Engine) -> None:
     events = engine.subscribe()
     job = await engine.enqueue(ALICE_ACTOR, "fail")
