@@ -159,8 +159,7 @@ class Core:
         return (await self.job_records([row]))[0]
 
     async def active_jobs(self, project: ProjectRow, kind: str) -> list[job_rows.JobRow]:
-        rows = await job_rows.list_jobs(self.db, states=job_rows.ACTIVE_STATES, user_id=project.user_id)
-        return [row for row in rows if row.project_id == project.id and row.kind == kind]
+        return [row for row in await job_rows.list_jobs(self.db, project_id=project.id) if row.kind == kind]
 
     async def job_records(self, rows: list[job_rows.JobRow]) -> list[Job]:
         """Job rows as the front-ends show them: project names, queue positions, files a stopped job kept."""

@@ -22,6 +22,15 @@ def project_name(value: str) -> str:
     return value
 
 
+# Characters a member cannot see: controls (newlines included), format characters (zero-width, direction
+# overrides), private-use and unassigned code points, line and paragraph separators.
+_HIDDEN_CATEGORIES = frozenset(("Cc", "Cf", "Co", "Cn", "Zl", "Zp"))
+
+
+def is_hidden(ch: str) -> bool:
+    return unicodedata.category(ch) in _HIDDEN_CATEGORIES
+
+
 # What A1111's and ComfyUI's prompt parsers read as syntax, not as part of a word: ( ) [ ] emphasis, (x:1.5)
 # weights, <lora:…> calls, {a|b} alternatives (dynamic prompts), a backslash escaping the next one.
 PROMPT_SYNTAX = "()[]<>{}|:\\"
@@ -31,7 +40,7 @@ def _refuse_hidden_and_syntax(value: str, what: str) -> None:
     """Invisible characters (zero-width, direction marks, controls) would make a word that looks right in
     Discord but tokenizes as something else; prompt syntax would be misread by the UIs."""
     for ch in value:
-        if unicodedata.category(ch) in ("Cf", "Cc", "Co", "Cn", "Zl", "Zp"):
+        if is_hidden(ch):
             name = unicodedata.name(ch, "a control character")
             raise Invalid(f"{what} contains an invisible character (U+{ord(ch):04X} {name}): type it again "
                           "without pasting, in plain letters")

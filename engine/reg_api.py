@@ -3,12 +3,12 @@ queued "reg" job (engine.jobs.reg), with a reason for every refusal."""
 from __future__ import annotations
 
 import asyncio
-import unicodedata
 from dataclasses import dataclass
 
 from engine.core import Core, choose_family
 from engine.errors import Invalid, LimitReached
 from engine.models import resolve_base_model
+from engine.naming import is_hidden
 from engine.records import Actor, Job
 from engine.reg.spec import RegSpec, class_prompt
 from engine.training.options import preset
@@ -86,7 +86,7 @@ def _check_count(count: int, most: int) -> int:
 
 def _check_prompt(prompt: str) -> str:
     text = prompt.strip()
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in text):
+    if any(is_hidden(ch) for ch in text):
         raise Invalid("the reg prompt must be one line of plain text: remove line breaks and control characters")
     if len(text) > MAX_PROMPT_CHARS:
         raise Invalid(f"the reg prompt is {len(text)} characters long; the most is {MAX_PROMPT_CHARS} (the model "

@@ -2,17 +2,15 @@
 stored (with what was changed) or why it was turned away."""
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass, field
 
-# Controls (newlines included), format characters (zero-width, direction overrides) and line separators.
-_HIDDEN = ("Cc", "Cf", "Zl", "Zp")
+from engine.naming import is_hidden
 
 
 def shown_name(name: str) -> str:
     """A member's file name as reports show it: hidden characters written as \\uXXXX, so a name cannot
     start a forged report line or reverse the text after it."""
-    return "".join(f"\\u{ord(ch):04x}" if unicodedata.category(ch) in _HIDDEN else ch for ch in name)
+    return "".join(f"\\u{ord(ch):04x}" if is_hidden(ch) else ch for ch in name)
 
 
 @dataclass(frozen=True)
