@@ -7,6 +7,11 @@ published configuration, and `torch.utils.flop_counter` counts each phase: VAE e
 forward + backward (gradients of the activations, which LoRA training needs through the frozen layers;
 the LoRA weights' own gradients are a few percent more and left out). Where the time follows the work
 (compute-bound, as on a GPU at 512 px), the share of the VAE and text encoder bounds what caching gains.
+
+Run on its own, it counts what each LoRA network adds to a step (attention only, kohya's module set, LoCon)
+on SD1.5 and SDXL: engine/training/memory.py's STEP_COST, which the plan's time estimate uses.
+
+    .venv/bin/python -m bench.flops
 """
 from __future__ import annotations
 
@@ -16,17 +21,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-# The published stable-diffusion-v1-5 configuration (unet/, vae/, text_encoder/ config.json), the values
-# that differ from the libraries' defaults.
-SD15_UNET = {"sample_size": 64, "cross_attention_dim": 768, "attention_head_dim": 8,
-             "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
-             "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-             "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3}
-SD15_VAE = {"block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4,
-            "up_block_types": ["UpDecoderBlock2D"] * 4, "layers_per_block": 2, "latent_channels": 4,
-            "sample_size": 512}
-SD15_TEXT = {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
-             "num_hidden_layers": 12, "max_position_embeddings": 77, "projection_dim": 768}
+from engine.devtools.published import SD15_TEXT, SD15_UNET, SD15_VAE
+
 PHASES = ("vae", "text encoder", "unet forward + backward")
 
 
@@ -76,3 +72,46 @@ def describe(flops: dict[str, float]) -> str:
     total = sum(flops.values())
     shares = ", ".join(f"{name} {flops[name] / 1e12:.3g} TFLOP ({100 * flops[name] / total:.0f} %)" for name in PHASES)
     return f"{shares}; caching both allows at most {total / flops['unet forward + backward']:.2f}×"
+
+
+def lora_unet_step_flops(family: str, network: Any) -> float:
+    """FLOPs of one U-Net forward + backward at the family's resolution, batch 1, with `network`'s LoRA (its
+    parameters the only ones trained)."""
+    from engine.devtools.published import meta_unet
+    from engine.training.lora_inject import add_unet_lora
+
+    resolution, context = {"sd15": (512, 768), "sdxl": (1024, 2048)}[family]
+    unet = meta_unet(family)
+    add_unet_lora(unet, network)
+    latents = torch.empty(1, 4, resolution // 8, resolution // 8, device="meta")
+    hidden = torch.empty(1, 77, context, device="meta")
+    extra = {}
+    if family == "sdxl":
+        extra["added_cond_kwargs"] = {"text_embeds": torch.empty(1, 1280, device="meta"),
+                                      "time_ids": torch.empty(1, 6, device="meta")}
+    timesteps = torch.zeros(1, dtype=torch.long, device="meta")
+    return _count(lambda: unet(latents, timesteps, hidden, **extra).sample.float().square().mean().backward())
+
+
+def main() -> None:
+    """The step's work per LoRA network, relative to attention only (memory.STEP_COST)."""
+    import json
+
+    from bench.common import machine, quiet_libraries
+    from engine.training.lora_modules import Network
+
+    quiet_libraries()
+    print(machine())
+    networks = {"attention": Network(16, 8, modules="attention"), "kohya": Network(16, 8),
+                "locon": Network(16, 8, conv_dim=8, conv_alpha=1)}
+    headline = {}
+    for family in ("sd15", "sdxl"):
+        flops = {name: lora_unet_step_flops(family, network) for name, network in networks.items()}
+        headline[family] = {name: round(value / flops["attention"], 3) for name, value in flops.items()}
+        print(f"{family}: U-Net forward + backward per image, dim 16 (LoCon conv 8): " + ", ".join(
+            f"{name} {value / 1e12:.3f} TFLOP ({headline[family][name]:.3f}×)" for name, value in flops.items()))
+    print(json.dumps({"step_cost_vs_attention": headline}))
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,11 @@ jobs), in variants side by side:
 - no reg:        the recipe without reg pictures;
 - reg class:     reg pictures trained on the class alone (reg_captions = class) instead of their tags;
 - overtrained:   the recipe at 5× the repeats, so 5× the steps (the LoRA "bends everything"); its learning
-                 rates are already the most the options allow.
+                 rates are already the most the options allow;
+- kohya-set:     the recipe with kohya's default module set (the recipe trains the attention projections
+                 only), at equal steps;
+- locon:         kohya's set as LoCon (`network=locon`: kohya-colab's conv_dim 8 / conv_alpha 1 besides dim 16 /
+                 alpha 8), at equal steps.
 
 For each: the samples job's fidelity / leak table per epoch and weight, its recommended cell, and the
 trigger-only fidelity (prompt = the trigger word alone, `--seeds` seeds, read by the toy tagger: the share
@@ -42,6 +46,8 @@ VARIANTS = {
     "reg-class": journey.Variant("reg-class", training={**journey.TRAINING, "reg_captions": "class"}),
     "overtrained": journey.Variant("overtrained", training={
         **journey.TRAINING, "repeats": str(5 * int(journey.TRAINING["repeats"]))}),
+    "kohya-set": journey.Variant("kohya-set", training={**journey.TRAINING, "network_modules": "kohya"}),
+    "locon": journey.Variant("locon", training={**journey.TRAINING, "network_modules": "kohya", "network": "locon"}),
 }
 
 

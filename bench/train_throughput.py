@@ -6,7 +6,7 @@ runs, same model, pictures and hyper-parameters, one run.
 - **ours**: `engine.training.trainer.train` with the text encoder frozen and captions not shuffled, so it
   encodes each picture with the VAE once and each caption once (latent and text-embedding caches).
 - **reference**: a compact re-implementation of the example's loop: peft LoRA put on the UNet with
-  `unet.add_adapter(LoraConfig(...))` (same rank, alpha and target modules as `lora_inject`), AdamW, and
+  `unet.add_adapter(LoraConfig(...))` (same rank, alpha and modules as ours: kohya's set, lora_modules), AdamW, and
   in every step the picture loaded and preprocessed, tokenised, `vae.encode(pixels).latent_dist.sample()
   * scaling_factor` and `text_encoder(input_ids)`, then Gaussian noise, random timesteps, min-SNR-weighted
   MSE, gradient clipping and an optimizer step, as ours does (ours caches the latent posterior's mean, the
@@ -180,7 +180,7 @@ def run_reference(setup: Setup) -> Run:
     from diffusers.training_utils import cast_training_params, compute_snr
     from peft import LoraConfig
 
-    from engine.training.lora_inject import UNET_TARGET_MODULES
+    from engine.training.lora_modules import Network, unet_targets
 
     device, weight_dtype = setup.device, _weight_dtype(setup)
     info = resolve_base_model(setup.base_model)
@@ -190,7 +190,7 @@ def run_reference(setup: Setup) -> Run:
         module.requires_grad_(False)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config, prediction_type=info.prediction)
     unet.add_adapter(LoraConfig(r=setup.rank, lora_alpha=setup.alpha, init_lora_weights="gaussian",
-                                target_modules=list(UNET_TARGET_MODULES)))
+                                target_modules=sorted(unet_targets(unet, Network(setup.rank, setup.alpha)))))
     if weight_dtype != torch.float32:
         cast_training_params(unet, dtype=torch.float32)   # the example keeps LoRA weights in fp32
     params = [p for p in unet.parameters() if p.requires_grad]

@@ -3,9 +3,10 @@ architectures, built on PyTorch's `meta` device (shapes only: no weights, no mem
 
 Measured per family, and written into engine/training/memory.py's table by hand:
 - parameters of the UNet and the text encoder(s) (the frozen weights that stay on the GPU);
-- LoRA parameters per unit of rank, with lorabake's own injection (engine/training/lora_inject.py);
+- LoRA modules and parameters per unit of rank by kind, with lorabake's own module choice (lora_modules.py);
 - activations saved for the backward pass per image at the family's native resolution, in fp16, without
-  and with gradient checkpointing (block inputs kept, plus the largest block recomputed in the backward).
+  and with gradient checkpointing (block inputs kept, plus the largest block recomputed in the backward),
+  for each network: attention only, kohya's set, LoCon.
 
 How the activations are counted: `torch.autograd.graph.saved_tensors_hooks` sees every tensor the forward
 saves; views count once (by their base tensor). The attention-probability matrices (tokens × tokens) that
@@ -24,62 +25,75 @@ from typing import Any
 import torch
 
 from bench.common import machine, quiet_libraries
-from bench.flops import SD15_TEXT, SD15_UNET
+from engine.devtools.published import meta_text_encoders, meta_unet
+from engine.training.lora_inject import add_unet_lora
+from engine.training.lora_modules import Network, Rank, lora_parameter_count, text_encoder_targets, unet_targets
+from engine.training.memory import LoraGroup
 
-# stabilityai/stable-diffusion-xl-base-1.0: unet/, text_encoder/, text_encoder_2/ config.json (values that
-# differ from the libraries' defaults).
-SDXL_UNET = {"sample_size": 128, "cross_attention_dim": 2048, "attention_head_dim": [5, 10, 20],
-             "block_out_channels": [320, 640, 1280], "layers_per_block": 2, "transformer_layers_per_block": [1, 2, 10],
-             "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-             "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-             "use_linear_projection": True, "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
-             "projection_class_embeddings_input_dim": 2816}
-SDXL_TEXT = {**SD15_TEXT, "hidden_act": "quick_gelu"}
-SDXL_TEXT_2 = {"vocab_size": 49408, "hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 20,
-               "num_hidden_layers": 32, "max_position_embeddings": 77, "projection_dim": 1280, "hidden_act": "gelu"}
 FAMILIES: dict[str, dict[str, Any]] = {
-    "sd15": {"unet": SD15_UNET, "text": [SD15_TEXT], "resolution": 512, "context": 768},
-    "sdxl": {"unet": SDXL_UNET, "text": [SDXL_TEXT, SDXL_TEXT_2], "resolution": 1024, "context": 2048},
+    "sd15": {"resolution": 512, "context": 768},
+    "sdxl": {"resolution": 1024, "context": 2048},
 }
 RANK = 16
 GIB = 2**30
 
 
-def _unet(config: dict[str, Any], checkpointing: bool) -> tuple[Any, int, int]:
-    from diffusers import UNet2DConditionModel
+# The networks the table covers, at RANK (LoCon's convolutions at RANK too; the table is per unit of rank).
+NETWORKS = {"attention": Network(RANK, RANK / 2, modules="attention"), "kohya": Network(RANK, RANK / 2),
+            "locon": Network(RANK, RANK / 2, conv_dim=RANK, conv_alpha=1)}
+_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "q_proj", "k_proj", "v_proj", "out_proj")
 
-    from engine.training.lora_inject import add_unet_lora
 
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**config).to(torch.float16)
-    base = sum(p.numel() for p in unet.parameters())
-    lora = sum(p.numel() for p in add_unet_lora(unet, RANK, RANK / 2))
+def _group(path: str, module: Any) -> str:
+    """memory.py's kind of a LoRA module: attention, transformer, resnet, conv (U-Net); attention, mlp."""
+    if path.endswith(_ATTENTION):
+        return "attention"
+    if ".mlp." in path:
+        return "mlp"
+    if ".attentions." in path:
+        return "transformer"
+    return "conv" if type(module).__name__ == "Conv2d" and module.kernel_size != (1, 1) else "resnet"
+
+
+def lora_groups(model: Any, targets: dict[str, Any]) -> dict[str, LoraGroup]:
+    """{kind: (modules, LoRA parameters per unit of rank)} of `targets` in `model`."""
+    modules = dict(model.named_modules())
+    found: dict[str, list[int]] = {}
+    for path in targets:
+        counts = found.setdefault(_group(path, modules[path]), [0, 0])
+        counts[0] += 1
+        counts[1] += lora_parameter_count({path: Rank(1, 1.0)}, model)
+    return {kind: LoraGroup(n, per_rank) for kind, (n, per_rank) in sorted(found.items())}
+
+
+def unet_lora_groups(family: str) -> dict[str, LoraGroup]:
+    unet = meta_unet(family)
+    return lora_groups(unet, unet_targets(unet, NETWORKS["locon"]))
+
+
+def text_lora_groups(family: str) -> dict[str, LoraGroup]:
+    groups: dict[str, LoraGroup] = {}
+    for encoder in meta_text_encoders(family):
+        for kind, group in lora_groups(encoder, text_encoder_targets(encoder, NETWORKS["kohya"])).items():
+            old = groups.get(kind, LoraGroup(0, 0))
+            groups[kind] = LoraGroup(old.modules + group.modules, old.per_rank + group.per_rank)
+    return groups
+
+
+def _trained_unet(family: str, network: str, checkpointing: bool) -> Any:
+    unet = meta_unet(family, torch.float16)
+    add_unet_lora(unet, NETWORKS[network])
     unet.train()
     if checkpointing:
         unet.enable_gradient_checkpointing()
-    return unet, base, lora
+    return unet
 
 
-def _text_params(configs: list[dict[str, Any]]) -> tuple[int, int]:
-    """(frozen parameters, LoRA parameters at RANK) of the family's text encoder(s)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from engine.training.lora_inject import add_text_encoder_lora
-
-    base = lora = 0
-    for config in configs:
-        with torch.device("meta"):
-            encoder = CLIPTextModel(CLIPTextConfig(**config))
-        base += sum(p.numel() for p in encoder.parameters())
-        lora += sum(p.numel() for p in add_text_encoder_lora(encoder, RANK, RANK / 2))
-    return base, lora
-
-
-def saved_activations(family: str, checkpointing: bool) -> dict[str, float]:
+def saved_activations(family: str, checkpointing: bool, network: str = "kohya") -> dict[str, float]:
     """GiB saved for the backward per image in fp16: kept (attention matrices left out), the attention
     matrices, and the largest single block's own (what a checkpointed backward recomputes at once)."""
     spec = FAMILIES[family]
-    unet, _, _ = _unet(spec["unet"], checkpointing)
+    unet = _trained_unet(family, network, checkpointing)
     held: dict[int, torch.Tensor] = {}
     attention: set[int] = set()
     per_block: dict[int, int] = {}
@@ -128,26 +142,31 @@ def main() -> None:
     print(machine())
     headline: dict[str, Any] = {}
     for family, spec in FAMILIES.items():
-        _, unet_params, unet_lora = _unet(spec["unet"], False)
-        text_params, text_lora = _text_params(spec["text"])
-        plain = saved_activations(family, checkpointing=False)
-        checkpointed = saved_activations(family, checkpointing=True)
-        # With checkpointing a block's activations are rebuilt during the backward: its own at the peak.
-        peak_checkpointed = checkpointed["kept"] + plain["largest_block"]
+        unet_params = sum(p.numel() for p in meta_unet(family).parameters())
+        text_params = sum(p.numel() for e in meta_text_encoders(family) for p in e.parameters())
+        unet_groups, text_groups = unet_lora_groups(family), text_lora_groups(family)
         print(f"\n== {family} at {spec['resolution']} px, fp16, per image")
         print(f"  UNet {unet_params / 1e6:.0f} M parameters, text encoder(s) {text_params / 1e6:.0f} M")
-        print(f"  LoRA at rank {RANK}: UNet {unet_lora / 1e6:.2f} M, text encoder(s) {text_lora / 1e6:.2f} M "
-              f"({unet_lora / RANK:.0f} and {text_lora / RANK:.0f} per unit of rank)")
-        print(f"  activations without checkpointing {plain['kept']:.2f} GiB "
-              f"(+{plain['attention_matrices']:.2f} GiB of attention matrices with the reference attention)")
-        print(f"  with checkpointing {checkpointed['kept']:.2f} GiB kept + {plain['largest_block']:.2f} GiB of the "
-              f"largest block recomputed = {peak_checkpointed:.2f} GiB "
-              f"({plain['kept'] / peak_checkpointed:.1f}× less)")
+        for where, groups in (("UNet", unet_groups), ("text encoder(s)", text_groups)):
+            print(f"  LoRA modules of the {where}: " + ", ".join(
+                f"{kind} {g.modules} ({g.per_rank:,} parameters per unit of rank)" for kind, g in groups.items()))
+        activations: dict[str, float] = {}
+        checkpointed_peak: dict[str, float] = {}
+        for network in NETWORKS:
+            plain = saved_activations(family, checkpointing=False, network=network)
+            checkpointed = saved_activations(family, checkpointing=True, network=network)
+            # With checkpointing a block's activations are rebuilt during the backward: its own at the peak.
+            peak = checkpointed["kept"] + plain["largest_block"]
+            activations[network], checkpointed_peak[network] = round(plain["kept"], 3), round(peak, 3)
+            print(f"  {network}: activations without checkpointing {plain['kept']:.2f} GiB "
+                  f"(+{plain['attention_matrices']:.2f} GiB of attention matrices with the reference attention); "
+                  f"with checkpointing {checkpointed['kept']:.2f} kept + {plain['largest_block']:.2f} of the "
+                  f"largest block = {peak:.2f} GiB")
         headline[family] = {
-            "unet_params": unet_params, "text_params": text_params, "unet_lora_per_rank": unet_lora / RANK,
-            "text_lora_per_rank": text_lora / RANK, "activations_gib": round(plain["kept"], 3),
-            "checkpointed_gib": round(peak_checkpointed, 3),
-            "attention_matrices_gib": round(plain["attention_matrices"], 3)}
+            "unet_params": unet_params, "text_params": text_params,
+            "unet_lora": {k: [g.modules, g.per_rank] for k, g in unet_groups.items()},
+            "text_lora": {k: [g.modules, g.per_rank] for k, g in text_groups.items()},
+            "activations_gib": activations, "checkpointed_gib": checkpointed_peak}
     print(json.dumps(headline))
 
 

@@ -22,6 +22,7 @@ from engine.facade import Engine
 from engine.intake import IncomingFile
 from engine.records import Actor, Job, Project
 from engine.scheduler import SchedulerBusy
+from engine.training.options import NETWORK_PRESETS
 
 CLI_USER = 0  # projects made from the command line belong to this local user unless --user says otherwise
 
@@ -94,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("project")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a training option (repeatable), e.g. --set epochs=8")
+    train.add_argument("--network", choices=tuple(NETWORK_PRESETS), default=None,
+                       help="the LoRA type: lora (kohya's default modules) or locon (LoRA on the 3×3 convolutions "
+                            "too, kohya-colab's LoCon values); --set options win over it")
     train.add_argument("--plan-only", action="store_true", help="show the plan, do not train")
     for needs_model in (reg, train):
         needs_model.add_argument("--model", choices=MODEL_FAMILIES, default=None,
@@ -351,7 +355,7 @@ async def _tags(engine: Engine, args: argparse.Namespace) -> int:
 
 
 async def _train(engine: Engine, args: argparse.Namespace) -> int:
-    overrides = {}
+    overrides = {"network": args.network} if args.network else {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:

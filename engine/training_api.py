@@ -15,6 +15,7 @@ from engine.models import resolve_base_model
 from engine.models.base import native_resolution
 from engine.records import Actor, Job
 from engine.samples.report import SampleResults, read_report, sample_results, samples_match
+from engine.training import memory
 from engine.training.captions import example_captions
 from engine.training.lora_files import epoch_files, epoch_number, trained_family
 from engine.training.options import TrainOptions, apply_overrides, preset
@@ -28,9 +29,9 @@ from storage.projects import ProjectRow
 _FAMILY_NAMES = {"sd15": "SD 1.x", "sdxl": "SDXL"}
 
 
-def _step_pixels(options: TrainOptions) -> int:
-    """What a step's time mostly grows with: the pixels of its batch."""
-    return options.resolution ** 2 * options.batch_size
+def _step_work(options: TrainOptions) -> float:
+    """What a step's time grows with: the pixels of its batch, and a little the size of the LoRA network."""
+    return options.resolution ** 2 * options.batch_size * memory.STEP_COST[memory.network_kind(options)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,10 +126,10 @@ class TrainingAPI:
         for job in await job_rows.latest_done(self._core.db, "train"):
             past, it_s = job.params.get("options") or {}, (job.result or {}).get("it_s")
             if past.get("family") == options.family and isinstance(it_s, (int, float)) and it_s > 0:
-                scale = _step_pixels(options) / (past["resolution"] ** 2 * past["batch_size"])
+                scale = _step_work(options) / _step_work(TrainOptions.from_saved(past))
                 return scale / it_s, f"measured on this server's last {_FAMILY_NAMES[options.family]} training"
         guess = getattr(self._core.config.training, f"{options.family}_seconds_per_step")
-        scale = _step_pixels(options) / _step_pixels(preset(options.family))
+        scale = _step_work(options) / _step_work(preset(options.family))
         return guess * scale, "a guess until a training has run on this server"
 
     def _trained_family(self, row: ProjectRow) -> str:

@@ -363,6 +363,10 @@ def test_train_plan_and_run_from_the_command_line(tmp_path: Path) -> None:
     assert planned["plan"]["total_steps"] == 1 and planned["options"]["network_dim"] == 4
     # Not tagged yet, no reg pictures: the model would read the trigger alone.
     assert planned["example_captions"] == {"train": "XingBar"}
+    locon = ok_json(tmp_path, "train", "XingBar30", *tiny, "--network", "locon", "--plan-only")["options"]
+    # kohya-colab's LoCon values, under what --set says (network_dim 4 stays).
+    assert (locon["conv_dim"], locon["conv_alpha"], locon["network_dim"], locon["network_alpha"]) == (8, 1, 4, 2)
+    assert planned["plan"]["lora_modules"] == 264 and planned["options"]["conv_dim"] == 0
     wrong = lorabake(tmp_path, "train", "XingBar30", "--set", "epochs=0")
     assert wrong.returncode == 1 and "epochs must be between" in wrong.stderr
     job = ok_json(tmp_path, "train", "XingBar30", *tiny, timeout=180)

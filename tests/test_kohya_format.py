@@ -18,6 +18,7 @@ from engine.devtools.tiny_models import TinyModelPaths
 from engine.training.kohya_format import KOHYA_KEY, kohya_metadata, save_kohya_lora, to_kohya_state_dict
 from engine.training.lora_files import epoch_file_name, keep_last
 from engine.training.lora_inject import add_text_encoder_lora, add_unet_lora, lora_state_dict
+from engine.training.lora_modules import Network, sgm_namer
 
 RANK, ALPHA = 4, 2.0
 TAGS = {"10_alice": {"1girl": 12, "smile": 7, "東方": 1}}
@@ -75,9 +76,16 @@ def _pipe_latents(pipe: DiffusionPipeline, scale: float | None = None) -> torch.
     ).images
 
 
+# The networks a file can hold: lorabake's files before kohya's module set ("attention": attention only, SDXL
+# named the diffusers way), kohya's set, and LoCon (its 3×3 convolutions at another rank and alpha).
+NETWORKS = {"attention": Network(RANK, ALPHA, modules="attention"), "kohya": Network(RANK, ALPHA),
+            "locon": Network(RANK, ALPHA, conv_dim=2, conv_alpha=1.5)}
+
+
 @dataclass
 class Baked:
     family: str
+    kind: str
     file: Path
     state: dict[str, torch.Tensor]
     ref_unet: torch.Tensor  # in-memory peft model's UNet output (LoRA at scale 1)
@@ -87,16 +95,22 @@ class Baked:
     base_latents: torch.Tensor
     loaded: DiffusionPipeline  # fresh pipeline + load_lora_weights(file)
 
+    @property
+    def network(self) -> Network:
+        return NETWORKS[self.kind]
 
-@pytest.fixture(scope="module", params=["sd15", "sdxl"])
+
+@pytest.fixture(scope="module", params=[(f, k) for f in ("sd15", "sdxl") for k in NETWORKS],
+                ids=lambda p: "-".join(p))
 def baked(request: pytest.FixtureRequest, tiny: TinyModelPaths, tmp_path_factory: pytest.TempPathFactory) -> Baked:
-    family = request.param
+    family, kind = request.param
+    network = NETWORKS[kind]
     cls, tes, _ = FAMILIES[family]
     folder = getattr(tiny, family)
     pipe = cls.from_pretrained(folder)
-    params = add_unet_lora(pipe.unet, RANK, ALPHA)
+    params = add_unet_lora(pipe.unet, network)
     for te in tes:
-        params += add_text_encoder_lora(getattr(pipe, te), RANK, ALPHA)
+        params += add_text_encoder_lora(getattr(pipe, te), network)
     # peft zero-initialises lora_B; give every LoRA weight small random values so the adapter does something.
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -104,12 +118,14 @@ def baked(request: pytest.FixtureRequest, tiny: TinyModelPaths, tmp_path_factory
             p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     ref_unet = _unet_out(pipe, family)
     ref_te = {te: _te_out(pipe, te) for te in tes}
+    # Older lorabake files named SDXL's U-Net the diffusers way.
+    names = (lambda path: path) if kind == "attention" else sgm_namer(pipe.unet) if family == "sdxl" else None
     state = to_kohya_state_dict(
         lora_state_dict(pipe.unet), [lora_state_dict(getattr(pipe, te)) for te in tes],
-        family=family, rank=RANK, alpha=ALPHA,
+        family=family, network=network, unet_names=names,
     )  # fmt: skip
     meta = kohya_metadata(
-        base_model=str(folder), family=family, rank=RANK, alpha=ALPHA, unet_lr=5e-4, text_encoder_lr=1e-4,
+        base_model=str(folder), family=family, network=network, unet_lr=5e-4, text_encoder_lr=1e-4,
         epochs=10, epoch=3, steps=120, resolution=512, tag_frequency=TAGS, extra={"ss_seed": "42"},
     )  # fmt: skip
     file = save_kohya_lora(tmp_path_factory.mktemp(family) / "alice.safetensors", state, meta)
@@ -119,30 +135,37 @@ def baked(request: pytest.FixtureRequest, tiny: TinyModelPaths, tmp_path_factory
     base_te = {te: _te_out(fresh, te) for te in tes}
     base_latents = _pipe_latents(fresh)
     fresh.load_lora_weights(file)
-    return Baked(family, file, state, ref_unet, ref_te, base_unet, base_te, base_latents, fresh)
+    return Baked(family, kind, file, state, ref_unet, ref_te, base_unet, base_te, base_latents, fresh)
 
 
 def test_keys_follow_kohya_names_with_the_real_alpha(baked: Baked) -> None:
-    state = load_file(baked.file)
+    state, network = load_file(baked.file), baked.network
     assert state.keys() == baked.state.keys()
     assert all(KOHYA_KEY.match(k) for k in state), [k for k in state if not KOHYA_KEY.match(k)][:5]
     alphas = {k: v for k, v in state.items() if k.endswith(".alpha")}
     assert len(alphas) * 3 == len(state)
-    for v in alphas.values():
-        assert v.ndim == 0 and v.dtype == torch.float16 and v.item() == ALPHA  # not RANK
     assert all(v.dtype == torch.float16 for v in state.values())
-    downs = [k for k in state if k.endswith("lora_down.weight")]
-    assert all(state[k].shape[0] == RANK for k in downs)
+    convs = 0
+    for key, alpha in alphas.items():
+        down = state[key.replace(".alpha", ".lora_down.weight")]
+        conv3 = down.ndim == 4 and down.shape[2:] != (1, 1)
+        convs += conv3
+        rank, expected = (network.conv_dim, network.conv_alpha) if conv3 else (network.dim, network.alpha)
+        assert alpha.ndim == 0 and alpha.item() == expected and down.shape[0] == rank, key  # alpha, not rank
+    assert (convs > 0) == network.is_locon
 
     te_prefixes = {k.split("_text_model_")[0] for k in state if not k.startswith("lora_unet_")}
-    te_keys = [k for k in state if not k.startswith("lora_unet_")]
-    assert all(re.match(r"^lora_te[12]?_text_model_encoder_layers_\d+_self_attn_[qkvout]+_proj\.", k) for k in te_keys)
+    te_downs = [k for k in state if not k.startswith("lora_unet_") and k.endswith("lora_down.weight")]
+    parts = r"self_attn_[qkvout]+_proj" if baked.kind == "attention" else r"(self_attn_[qkvout]+_proj|mlp_fc[12])"
+    assert all(re.match(rf"^lora_te[12]?_text_model_encoder_layers_\d+_{parts}\.", k) for k in te_downs)
     expected = {"sd15": {"lora_te"}, "sdxl": {"lora_te1", "lora_te2"}}[baked.family]
     assert te_prefixes == expected
-    # 5 layers × 4 projections per text encoder.
-    assert len([k for k in downs if not k.startswith("lora_unet_")]) == 20 * len(expected)
-    assert "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in state
-    assert "lora_unet_up_blocks_0_attentions_0_transformer_blocks_0_attn2_to_out_0.lora_up.weight" in state
+    # 5 layers × 4 projections (+ 2 MLP layers) per text encoder.
+    assert len(te_downs) == 5 * (4 if baked.kind == "attention" else 6) * len(expected)
+    block = ("input_blocks_4_1" if baked.family == "sdxl" and baked.kind != "attention"
+             else "down_blocks_1_attentions_0")
+    assert f"lora_unet_{block}_transformer_blocks_0_attn1_to_q.lora_down.weight" in state
+    assert (f"lora_unet_{block}_proj_in.lora_down.weight" in state) == (baked.kind != "attention")
 
 
 def test_metadata_is_sd_scripts_style(baked: Baked) -> None:
@@ -157,6 +180,8 @@ def test_metadata_is_sd_scripts_style(baked: Baked) -> None:
         assert isinstance(meta.get(key), str), key
     assert meta["ss_network_module"] == "networks.lora"
     assert (meta["ss_network_dim"], float(meta["ss_network_alpha"])) == ("4", ALPHA)
+    network_args = {"conv_dim": "2", "conv_alpha": "1.5"} if baked.kind == "locon" else None
+    assert (json.loads(meta["ss_network_args"]) if "ss_network_args" in meta else None) == network_args
     assert meta["ss_base_model_version"] == {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}[baked.family]
     assert (meta["ss_epoch"], meta["ss_num_epochs"], meta["ss_steps"]) == ("3", "10", "120")
     assert meta["ss_resolution"] == "(512, 512)"
@@ -198,8 +223,8 @@ def test_lora_params_stay_fp32_on_a_half_precision_base(tiny: TinyModelPaths) ->
     from transformers import CLIPTextModel
 
     te = CLIPTextModel.from_pretrained(tiny.sd15 / "text_encoder", torch_dtype=torch.bfloat16)
-    params = add_text_encoder_lora(te, RANK, ALPHA)
-    assert len(params) == 40 and all(p.dtype == torch.float32 and p.requires_grad for p in params)
+    params = add_text_encoder_lora(te, NETWORKS["kohya"])
+    assert len(params) == 5 * 6 * 2 and all(p.dtype == torch.float32 and p.requires_grad for p in params)
     frozen = [p for n, p in te.named_parameters() if ".lora_" not in n]
     assert frozen and all(not p.requires_grad and p.dtype == torch.bfloat16 for p in frozen)
     assert te(IDS)[0].dtype == torch.bfloat16
@@ -215,24 +240,27 @@ def test_conversion_refuses_what_it_cannot_represent() -> None:
     sd = to_kohya_state_dict(_pair(), [{"text_model.encoder.layers.0.self_attn.q_proj.lora_A.default.weight":
                                         torch.zeros(RANK, 8),
                                         "text_model.encoder.layers.0.self_attn.q_proj.lora_B.default.weight":
-                                        torch.zeros(8, RANK)}], family="sd15", rank=RANK, alpha=ALPHA)  # fmt: skip
+                                        torch.zeros(8, RANK)}], family="sd15", network=NETWORKS["kohya"])  # fmt: skip
     assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha" in sd
     assert "lora_unet_mid_to_q.lora_up.weight" in sd
     with pytest.raises(ValueError, match="rank"):
-        to_kohya_state_dict(_pair(8), [], family="sd15", rank=RANK, alpha=ALPHA)
+        to_kohya_state_dict(_pair(8), [], family="sd15", network=NETWORKS["kohya"])
     with pytest.raises(ValueError, match="text encoder"):
-        to_kohya_state_dict(_pair(), [{}, {}], family="sd15", rank=RANK, alpha=ALPHA)
+        to_kohya_state_dict(_pair(), [{}, {}], family="sd15", network=NETWORKS["kohya"])
+    with pytest.raises(ValueError, match="SGM"):
+        to_kohya_state_dict(_pair(), [], family="sdxl", network=NETWORKS["kohya"])
     with pytest.raises(ValueError, match="family"):
-        to_kohya_state_dict(_pair(), [], family="sd3", rank=RANK, alpha=ALPHA)  # type: ignore[arg-type]
+        to_kohya_state_dict(_pair(), [], family="sd3", network=NETWORKS["kohya"])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="lora_B"):
-        to_kohya_state_dict({"mid.to_q.lora_A.weight": torch.zeros(RANK, 8)}, [], family="sd15", rank=RANK, alpha=1)
+        to_kohya_state_dict({"mid.to_q.lora_A.weight": torch.zeros(RANK, 8)}, [], family="sd15",
+                            network=NETWORKS["kohya"])
     with pytest.raises(ValueError, match="DoRA"):
         to_kohya_state_dict({**_pair(), "mid.to_q.lora_magnitude_vector": torch.zeros(8)}, [], family="sd15",
-                            rank=RANK, alpha=ALPHA)  # fmt: skip
+                            network=NETWORKS["kohya"])  # fmt: skip
 
 
 def test_save_is_atomic_and_checks_metadata(tmp_path: Path) -> None:
-    state = to_kohya_state_dict(_pair(), [], family="sdxl", rank=RANK, alpha=ALPHA)
+    state = to_kohya_state_dict(_pair(), [], family="sd15", network=NETWORKS["kohya"])
     target = tmp_path / "x.safetensors"
     with pytest.raises(TypeError):
         save_kohya_lora(target, state, {"ss_network_dim": 4})  # type: ignore[dict-item]

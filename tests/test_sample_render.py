@@ -20,8 +20,10 @@ from engine.samples.render import Sample, SampleRenderer, SampleSpec, default_pr
 from engine.training.kohya_format import kohya_metadata, save_kohya_lora, to_kohya_state_dict
 from engine.training.lora_files import lora_clip_skip
 from engine.training.lora_inject import add_text_encoder_lora, add_unet_lora, lora_state_dict
+from engine.training.lora_modules import Network
 
 RANK, ALPHA = 4, 4.0
+NETWORK = Network(RANK, ALPHA)
 PROMPT, SEED = "xingbar man, portrait", 7
 SPEC = SampleSpec(prompts=[PROMPT], control_prompts=[], negative_prompt="blurry", weights=[0, 0.5, 1],
                   seeds=[SEED], steps=2, guidance=5.0, size=(64, 64))
@@ -29,17 +31,17 @@ SPEC = SampleSpec(prompts=[PROMPT], control_prompts=[], negative_prompt="blurry"
 
 def _make_lora(folder: Path, out: Path, *, seed: int, text_encoder: bool) -> Path:
     pipe = StableDiffusionPipeline.from_pretrained(folder)
-    params = add_unet_lora(pipe.unet, RANK, ALPHA)
+    params = add_unet_lora(pipe.unet, NETWORK)
     if text_encoder:
-        params += add_text_encoder_lora(pipe.text_encoder, RANK, ALPHA)
+        params += add_text_encoder_lora(pipe.text_encoder, NETWORK)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in params:
             p.copy_(torch.randn(p.shape, generator=g) * 0.15)
     state = to_kohya_state_dict(lora_state_dict(pipe.unet),
                                 [lora_state_dict(pipe.text_encoder)] if text_encoder else [],
-                                family="sd15", rank=RANK, alpha=ALPHA)
-    meta = kohya_metadata(base_model=str(folder), family="sd15", rank=RANK, alpha=ALPHA, unet_lr=5e-4,
+                                family="sd15", network=NETWORK)
+    meta = kohya_metadata(base_model=str(folder), family="sd15", network=NETWORK, unet_lr=5e-4,
                           text_encoder_lr=1e-4 if text_encoder else None, epochs=2, epoch=1, steps=10,
                           resolution=64, tag_frequency={})
     return save_kohya_lora(out, state, meta)

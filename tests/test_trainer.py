@@ -12,13 +12,14 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from engine.devtools.pictures import picture
 from engine.devtools.tiny_models import TinyModelPaths
 from engine.training import captions, data, faults, trainer
 from engine.training.kohya_format import KOHYA_KEY
 from engine.training.lora_files import trained_family
-from engine.training.options import preset
+from engine.training.options import TrainOptions, preset
 from engine.training.plan import make_plan
 from engine.training.trainer import Progress, TrainingDiverged, TrainSpec, train
 
@@ -65,6 +66,9 @@ def test_tiny_run_writes_kohya_files_and_reports_progress(tmp_path: Path, tiny: 
         alpha = [k for k in keys if k.endswith(".alpha")][0]
         assert float(f.get_tensor(alpha)) == 2.0
         assert "tok" in f.metadata()["ss_tag_frequency"]
+        # kohya's module set; clip skip where sai_model_spec puts it, too.
+        assert any("_mlp_fc1." in k for k in keys) and any("_proj_in." in k for k in keys)
+        assert f.metadata()["modelspec.encoder_layer"] == str(OPTIONS.clip_skip)
     assert trained_family(out, "lora") == "sd15"
     assert not (out / "state" / "state.pt").exists()   # finished: the next training starts afresh
     assert [e.step for e in events] == list(range(1, plan.total_steps + 1))
@@ -234,6 +238,41 @@ def test_resume_finishes_with_the_same_steps(tmp_path: Path, tiny: Path) -> None
     assert [e.step for e in second] == list(range(total // 2 + 1, total + 1))
     assert second[-1].total_steps == total and result.total_steps == total
     assert (out / "lora.safetensors").is_file() and (out / "lora-02.safetensors").is_file()
+
+
+def test_a_training_begun_before_kohyas_module_set_resumes_as_it_began(tmp_path: Path, tiny: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job queued by an older lorabake holds options without the network options; its saved state is
+    an attention-only LoRA. After the upgrade it goes on from that state, with that network."""
+    project = _project(tmp_path)
+    added = ("conv_dim", "conv_alpha", "network_modules")
+    saved = {k: v for k, v in dataclasses.replace(OPTIONS, network_modules="attention").to_dict().items()
+             if k not in added}
+
+    class Stop(Exception):
+        pass
+
+    def stop_in_epoch_2(progress: Progress) -> None:
+        if progress.epoch == 2:
+            raise Stop
+
+    # The older version: an attention-only network, and options that know nothing of the new fields.
+    real_to_dict = TrainOptions.to_dict
+    monkeypatch.setattr(TrainOptions, "to_dict", lambda self: {k: v for k, v in real_to_dict(self).items()
+                                                               if k not in added})
+    with pytest.raises(Stop):
+        train(_spec(project, tiny, options=dataclasses.asdict(TrainOptions.from_saved(saved))), stop_in_epoch_2)
+    monkeypatch.undo()
+
+    said: list[str] = []
+    options = TrainOptions.from_saved(saved)
+    spec = TrainSpec(project_dir=project, name="lora", base_model=str(tiny), options=options, trigger="tok",
+                     device="cpu", resume=True, log=said.append)
+    result = train(spec, lambda _: None)
+    assert result.resumed_from_epoch == 1, said
+    keys = load_file(project / "output" / "lora.safetensors").keys()
+    assert any("_attn1_to_q." in k for k in keys) and any("_self_attn_q_proj." in k for k in keys)
+    assert not any(part in k for k in keys for part in ("_proj_in.", "_ff_net_", "_mlp_fc"))
 
 
 def test_nan_loss_stops_and_keeps_last_good_epoch(tmp_path: Path, tiny: Path,

@@ -170,7 +170,13 @@ def test_sdxl_file_has_kohya_keys_real_alpha_and_sdxl_metadata(trained: Trained)
     assert {k.split("_")[1] for k in state} == {"unet", "te1", "te2"}
     for prefix in ("lora_te1_", "lora_te2_"):
         te_keys = [k for k in state if k.startswith(prefix)]
-        assert len(te_keys) == 5 * 4 * 3 and all(k.startswith(prefix + "text_model_encoder_layers_") for k in te_keys)
+        # 5 layers × (4 attention projections + 2 MLP layers) × (down, up, alpha)
+        assert len(te_keys) == 5 * 6 * 3 and all(k.startswith(prefix + "text_model_encoder_layers_") for k in te_keys)
+    unet_keys = [k for k in state if k.startswith("lora_unet_")]
+    # sd-scripts' SGM names: the first down level with attention is input_blocks 4 and 5, the mid block 1.
+    assert all(k.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_1_", "lora_unet_output_blocks_"))
+               for k in unet_keys), unet_keys[:3]
+    assert "lora_unet_input_blocks_4_1_proj_in.lora_down.weight" in state
     alphas = [v for k, v in state.items() if k.endswith(".alpha")]
     assert len(alphas) * 3 == len(state) and {float(a) for a in alphas} == {2.0}
     with safe_open(str(out / "lora.safetensors"), framework="pt") as f:

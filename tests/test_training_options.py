@@ -14,7 +14,8 @@ SD15 = dict(
     family="sd15", resolution=512, repeats=10, epochs=10, batch_size=2, unet_lr=5e-4, text_encoder_lr=1e-4,
     train_text_encoder=True, lr_scheduler="cosine_with_restarts", lr_restarts=3, warmup_ratio=0.05,
     min_snr_gamma=5, noise_offset=0.0, multires_noise_iterations=0, multires_noise_discount=0.3, network_dim=16,
-    network_alpha=8, optimizer="adamw8bit", clip_skip=2, keep_tokens=1, shuffle_captions=True, flip_aug=False,
+    network_alpha=8, conv_dim=0, conv_alpha=1.0, network_modules="kohya", optimizer="adamw8bit",
+    clip_skip=2, keep_tokens=1, shuffle_captions=True, flip_aug=False,
     bucket_min=256, bucket_max=1024, bucket_step=64, prior_loss_weight=1.0, reg_captions="tags", save_every_n_epochs=1,
     keep_last_n=10,
     seed=42, mixed_precision="fp16", gradient_checkpointing=False, max_train_steps_cap=10_000,
@@ -42,7 +43,7 @@ def test_unknown_family_and_frozen() -> None:
 def test_every_settable_option_has_a_rule_and_every_rule_a_field() -> None:
     fields = {f.name for f in dataclasses.fields(TrainOptions)}
     assert set(RULES) == fields - {"family", "max_train_steps_cap"}
-    assert set(describe_rules()) == set(RULES)
+    assert set(describe_rules()) == set(RULES) | {"network"}   # + the LoRA-type choice that sets several
     for family in ("sd15", "sdxl"):  # the presets themselves pass the rules
         options = preset(family)
         assert apply_overrides(options, {name: getattr(options, name) for name in RULES}) == options
@@ -189,16 +190,65 @@ def test_the_plan_tells_the_gpu_memory_and_what_lowers_it() -> None:
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_the_memory_table_is_what_bench_vram_counts(family: str) -> None:
-    """The table in memory.py is bench/vram.py's count with lorabake's LoRA injection: a change of the
+    """The table in memory.py is bench/vram.py's count with lorabake's own module choice: a change of the
     module set (or of the architectures' configs) must come with new figures."""
     from bench import vram
+    from engine.devtools.published import meta_text_encoders, meta_unet
     from engine.training.memory import FAMILY_SIZES
 
     size = FAMILY_SIZES[family]
-    _, unet_params, unet_lora = vram._unet(vram.FAMILIES[family]["unet"], False)
-    text_params, text_lora = vram._text_params(vram.FAMILIES[family]["text"])
+    unet_params = sum(p.numel() for p in meta_unet(family).parameters())
+    text_params = sum(p.numel() for e in meta_text_encoders(family) for p in e.parameters())
     assert (unet_params, text_params) == (size.unet_params, size.text_params)
-    assert (unet_lora / vram.RANK, text_lora / vram.RANK) == (size.unet_lora_per_rank, size.text_lora_per_rank)
+    assert (vram.unet_lora_groups(family), vram.text_lora_groups(family)) == (size.unet_lora, size.text_lora)
     if family == "sd15":   # SDXL's activations take ~10 s to count: the bench prints them
-        assert vram.saved_activations(family, checkpointing=False)["kept"] == pytest.approx(size.activations_gib,
-                                                                                             abs=0.001)
+        assert vram.saved_activations(family, checkpointing=False)["kept"] == pytest.approx(
+            size.activations_gib["kohya"], abs=0.001)
+
+
+def test_network_locon_sets_kohya_colabs_locon_values_under_typed_ones() -> None:
+    locon = apply_overrides(preset("sd15"), {"network": "LoCon"})
+    assert (locon.network_dim, locon.network_alpha, locon.conv_dim, locon.conv_alpha) == (16, 8, 8, 1)
+    typed = apply_overrides(preset("sdxl"), {"conv_dim": "4", "network": "locon", "dim": "32"})
+    assert (typed.network_dim, typed.conv_dim, typed.conv_alpha) == (32, 4, 1)
+    assert apply_overrides(locon, {"network": "lora"}).conv_dim == 0
+    with pytest.raises(Invalid, match="network must be one of lora, locon"):
+        apply_overrides(preset("sd15"), {"network": "loha"})
+    with pytest.raises(Invalid, match="conv_dim must be"):
+        apply_overrides(preset("sd15"), {"conv_dim": "-1"})
+    assert "network" in describe_rules() and "conv_dim" in describe_rules()
+
+
+def test_options_saved_before_the_network_options_train_as_lorabake_did_then() -> None:
+    saved = {k: v for k, v in preset("sd15").to_dict().items()
+             if k not in ("conv_dim", "conv_alpha", "network_modules")}
+    old = TrainOptions.from_saved(saved)
+    assert (old.network_modules, old.conv_dim) == ("attention", 0)
+    assert TrainOptions.from_saved(preset("sd15").to_dict()) == preset("sd15")
+
+
+def test_the_plan_counts_the_lora() -> None:
+    """kohya's set at dim 16 on SD1.5: 264 modules; 589,824 parameters per unit of rank (18.9 MB in fp16 at
+    dim 16, kohya's familiar file size); LoCon adds 86 modules; attention only, the old 176."""
+    lines = {kind: make_plan(apply_overrides(preset("sd15"), overrides), train_images=20)
+             for kind, overrides in (("kohya", {}), ("locon", {"network": "locon"}),
+                                     ("attention", {"network_modules": "attention"}))}
+    assert (lines["kohya"].lora_modules, lines["kohya"].lora_parameters) == (264, 589_824 * 16)
+    assert (lines["locon"].lora_modules, lines["attention"].lora_modules) == (350, 176)
+    assert any(line.startswith("LoRA: 264 modules, 9.4 M parameters (kohya's module set")
+               for line in lines["kohya"].explanation)
+    assert lines["locon"].gpu_memory_gb > lines["kohya"].gpu_memory_gb > lines["attention"].gpu_memory_gb
+    frozen = make_plan(apply_overrides(preset("sd15"), {"train_text_encoder": "false"}), train_images=20)
+    assert frozen.lora_modules == 192
+
+
+def test_the_step_cost_table_is_what_bench_flops_counts() -> None:
+    """The plan's time estimate scales by memory.STEP_COST: bench/flops.py's count on SD1.5."""
+    from bench.flops import lora_unet_step_flops
+    from engine.training.lora_modules import Network
+    from engine.training.memory import STEP_COST
+
+    flops = {name: lora_unet_step_flops("sd15", network) for name, network in (
+        ("attention", Network(16, 8, modules="attention")), ("kohya", Network(16, 8)),
+        ("locon", Network(16, 8, conv_dim=8, conv_alpha=1)))}
+    assert {name: round(value / flops["attention"], 3) for name, value in flops.items()} == STEP_COST

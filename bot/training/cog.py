@@ -11,6 +11,10 @@ from bot.commands import MODEL_CHOICES, LoraCog, own_project_names
 from bot.replies import defer_publicly
 from bot.training.views import AdvancedOptionsModal, StartTrainingButton, parse_settings, plan_embed
 
+NETWORK_CHOICES = [app_commands.Choice(name="LoRA (kohya's default modules)", value="lora"),
+                   app_commands.Choice(name="LoCon (kohya-colab: dim 16, alpha 8, conv 8, conv alpha 1)",
+                                       value="locon")]
+
 
 class TrainingCog(LoraCog):
     dynamic_items = (StartTrainingButton,)
@@ -19,18 +23,21 @@ class TrainingCog(LoraCog):
     @app_commands.describe(project="One of your projects", epochs="Passes over the pictures (default 10)",
                            repeats="Times each picture is shown per epoch (default 10)",
                            network_dim="LoRA size (default 16)", unet_lr="UNet learning rate (default 5e-4)",
+                           network="LoRA type: LoRA (kohya's default) or LoCon (also the 3×3 convolutions)",
                            model="The base model family (default: the server's)",
                            advanced="Open a form with every option, filled in with the defaults",
                            settings="Advanced, typed: key=value pairs, e.g. noise_offset=0.05, flip_aug=true")
-    @app_commands.choices(model=MODEL_CHOICES)
+    @app_commands.choices(model=MODEL_CHOICES, network=NETWORK_CHOICES)
     @app_commands.autocomplete(project=own_project_names)
     async def train(self, interaction: discord.Interaction, project: str,
                     epochs: app_commands.Range[int, 1, 100] | None = None,
                     repeats: app_commands.Range[int, 1, 100] | None = None,
                     network_dim: app_commands.Range[int, 1, 256] | None = None,
-                    unet_lr: str | None = None, model: str | None = None, advanced: bool = False,
-                    settings: str = "") -> None:
+                    unet_lr: str | None = None, network: str | None = None, model: str | None = None,
+                    advanced: bool = False, settings: str = "") -> None:
         overrides = parse_settings(settings)
+        if network is not None:
+            overrides.setdefault("network", network)
         for key, value in (("epochs", epochs), ("repeats", repeats), ("network_dim", network_dim),
                            ("unet_lr", unet_lr)):
             if value is not None:

@@ -25,8 +25,9 @@ ADVANCED_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
                                      "lr_scheduler", "lr_restarts", "warmup_ratio")),
     ("noise", "Noise and loss", ("min_snr_gamma", "noise_offset", "multires_noise_iterations",
                                  "multires_noise_discount", "prior_loss_weight")),
-    ("network", "Network and pictures", ("network_dim", "network_alpha", "resolution", "batch_size", "bucket_min",
-                              "bucket_max", "bucket_step")),
+    ("network", "Network and pictures", ("network_dim", "network_alpha", "conv_dim", "conv_alpha",
+                                         "network_modules", "resolution", "batch_size", "bucket_min", "bucket_max",
+                                         "bucket_step")),
     ("captions", "Captions and augmentation", ("keep_tokens", "shuffle_captions", "flip_aug", "clip_skip",
                                                             "reg_captions")),
     ("saving", "Saving and precision", ("save_every_n_epochs", "keep_last_n", "seed", "mixed_precision",
@@ -102,7 +103,10 @@ def plan_embed(planned: PlannedTraining) -> discord.Embed:
     embed.add_field(name="Pictures", value=f"{plan.images} (+{plan.reg_images} reg)")
     embed.add_field(name="Repeats × epochs", value=f"{plan.repeats} × {plan.epochs}")
     embed.add_field(name="Steps", value=f"{plan.steps_per_epoch}/epoch, {plan.total_steps} in all")
-    embed.add_field(name="Network", value=f"dim {options.network_dim}, alpha {options.network_alpha}")
+    network = f"dim {options.network_dim}, alpha {options.network_alpha:g}"
+    if options.conv_dim:
+        network = f"LoCon: {network}; conv {options.conv_dim}, alpha {options.conv_alpha:g}"
+    embed.add_field(name="Network", value=f"{network} ({plan.lora_modules} modules)")
     embed.add_field(name="Learning rates", value=f"UNet {options.unet_lr:g}" + (
         f", text encoder {options.text_encoder_lr:g}" if options.train_text_encoder else ", text encoder frozen"))
     embed.add_field(name="Resolution", value=str(options.resolution))

@@ -18,7 +18,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     spec = TrainSpec(
         project_dir=ctx.project_dir, name=params["name"], base_model=params["base_model"],
         prediction=params.get("prediction"),
-        options=TrainOptions(**params["options"]), trigger=params.get("trigger", ""),
+        options=TrainOptions.from_saved(params["options"]), trigger=params.get("trigger", ""),
         class_name=params.get("class_name", ""),
         resume=True, log=ctx.log, on_epoch_saved=lambda path: ctx.artifact("lora-epoch", path),
         on_file_moved=ctx.artifact_moved,

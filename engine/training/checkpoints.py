@@ -19,7 +19,9 @@ from engine.errors import Invalid
 from engine.training import data
 from engine.training.kohya_format import kohya_metadata, options_metadata, save_kohya_lora
 from engine.training.lora_files import epoch_file_name, keep_last, move_previous_run
+from engine.training.lora_modules import Network
 from engine.training.optimizers import optimizer_description
+from engine.training.options import LEGACY
 from engine.training.parts import Models, Pictures, Position
 from engine.training.spec import TrainSpec, output_dir, say
 
@@ -87,11 +89,17 @@ _NOT_LEARNED = ("batch_size", "gradient_checkpointing", "mixed_precision", "save
                 "max_train_steps_cap")
 
 
+# Options added after states were first saved, at the values that mean what lorabake did without them: left
+# out of the fingerprint, so a state saved before them (an attention-only network) still resumes.
+_ADDED_LATER = {**LEGACY, "conv_dim": 0, "conv_alpha": 1.0}
+
+
 def _fingerprint(spec: TrainSpec, prediction: str, train_items: list[data.Item],
                  reg_items: list[data.Item]) -> str:
     """What makes two runs the same run: the options that change what is learned, base model, trigger,
     picture names and captions."""
-    learned = {k: v for k, v in spec.options.to_dict().items() if k not in _NOT_LEARNED}
+    learned = {k: v for k, v in spec.options.to_dict().items()
+               if k not in _NOT_LEARNED and _ADDED_LATER.get(k, _NOT_LEARNED) != v}
     what = {"options": learned, "base_model": spec.base_model, "prediction": prediction,
             "trigger": spec.trigger, "train": [(i.path.name, i.caption) for i in train_items],
             "reg": [(i.path.name, i.caption) for i in reg_items]}
@@ -207,8 +215,8 @@ class Checkpoints:
     def _metadata(self, position: Position) -> dict[str, str]:
         opts, models = self.spec.options, self.models
         return kohya_metadata(
-            base_model=self.spec.base_model, family=models.info.family, rank=opts.network_dim,
-            alpha=opts.network_alpha, unet_lr=models.unet_lr,
+            base_model=self.spec.base_model, family=models.info.family, network=Network.of(opts),
+            unet_lr=models.unet_lr,
             text_encoder_lr=models.te_lr if opts.train_text_encoder else None, epochs=opts.epochs,
             epoch=position.epoch, steps=position.step, resolution=opts.resolution, tag_frequency=self.tag_frequency,
             training_started_at=self.started_at, output_name=self.spec.name,

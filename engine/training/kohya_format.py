@@ -20,7 +20,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 from safetensors.torch import save as safetensors_save
 
+from engine.training.lora_modules import Network
 from engine.training.options import TrainOptions
 
 Family = Literal["sd15", "sdxl"]
@@ -68,15 +69,15 @@ def _te_module_path(module: str) -> str:
     return module if module.startswith("text_model.") else "text_model." + module
 
 
-def _add(
-    out: dict[str, torch.Tensor], prefix: str, module: str, pair: dict[str, torch.Tensor], rank: int, alpha: float
-) -> None:
+def _add(out: dict[str, torch.Tensor], name: str, pair: dict[str, torch.Tensor], network: Network) -> None:
     down, up = pair["A"], pair["B"]
-    if down.ndim != 2 or up.ndim != 2 or down.shape[0] != rank or up.shape[1] != rank:
+    conv3 = down.ndim == 4 and tuple(down.shape[2:]) != (1, 1)   # kohya's conv_dim modules
+    rank, alpha = (network.conv_dim, network.conv_alpha) if conv3 else (network.dim, network.alpha)
+    up_ok = up.ndim == down.ndim and (up.ndim == 2 or tuple(up.shape[2:]) == (1, 1))
+    if down.ndim not in (2, 4) or not up_ok or down.shape[0] != rank or up.shape[1] != rank:
         raise ValueError(
-            f"{module!r}: LoRA shapes down {tuple(down.shape)} / up {tuple(up.shape)} do not match rank {rank}"
+            f"{name!r}: LoRA shapes down {tuple(down.shape)} / up {tuple(up.shape)} do not match rank {rank}"
         )
-    name = f"{prefix}_{module.replace('.', '_')}"
     if f"{name}.lora_down.weight" in out:
         raise ValueError(f"two modules map to the same kohya name {name!r}")
     out[f"{name}.lora_down.weight"] = down.detach()
@@ -84,29 +85,38 @@ def _add(
     out[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
 
 
+def _kohya_name(prefix: str, module_path: str) -> str:
+    return f"{prefix}_{module_path.replace('.', '_')}"
+
+
 def to_kohya_state_dict(
     unet_lora: Mapping[str, torch.Tensor],
     text_encoder_loras: Sequence[Mapping[str, torch.Tensor]],
     *,
     family: Family,
-    rank: int,
-    alpha: float,
+    network: Network,
+    unet_names: Callable[[str], str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Convert peft state dicts (UNet, then text encoder(s) in pipeline order) into one kohya state dict.
 
     `text_encoder_loras` holds at most one dict for SD1.5 and at most two (text_encoder, text_encoder_2)
-    for SDXL; an empty dict means that encoder was not trained. Tensors keep their dtype (see save_kohya_lora).
+    for SDXL; an empty dict means that encoder was not trained. SDXL's U-Net modules are named the SGM way
+    (`unet_names`: lora_modules.sgm_namer of the trained U-Net), as sd-scripts names them; SD 1.x keeps
+    diffusers' paths. Tensors keep their dtype (see save_kohya_lora).
     """
     _check_family(family)
+    if family == "sdxl" and unet_names is None:
+        raise ValueError("SDXL LoRA names are the U-Net's SGM names: pass unet_names=lora_modules.sgm_namer(unet)")
+    rename = unet_names or (lambda path: path)
     prefixes = _TE_PREFIXES[family]
     if len(text_encoder_loras) > len(prefixes):
         raise ValueError(f"{family} has {len(prefixes)} text encoder(s), got {len(text_encoder_loras)} LoRA dicts")
     out: dict[str, torch.Tensor] = {}
     for module, pair in sorted(_pairs(unet_lora, "unet").items()):
-        _add(out, "lora_unet", module, pair, rank, alpha)
+        _add(out, _kohya_name("lora_unet", rename(module)), pair, network)
     for prefix, te_lora in zip(prefixes, text_encoder_loras, strict=False):
         for module, pair in sorted(_pairs(te_lora, prefix).items()):
-            _add(out, prefix, _te_module_path(module), pair, rank, alpha)
+            _add(out, _kohya_name(prefix, _te_module_path(module)), pair, network)
     if not out:
         raise ValueError("no LoRA weights to save")
     return out
@@ -123,8 +133,7 @@ def kohya_metadata(
     *,
     base_model: str,
     family: Family,
-    rank: int,
-    alpha: float,
+    network: Network,
     unet_lr: float,
     text_encoder_lr: float | None,
     epochs: int,
@@ -149,8 +158,8 @@ def kohya_metadata(
     name = output_name or Path(base_model).stem
     meta: dict[str, str] = {
         "ss_network_module": "networks.lora",
-        "ss_network_dim": str(int(rank)),
-        "ss_network_alpha": str(float(alpha)),
+        "ss_network_dim": str(int(network.dim)),
+        "ss_network_alpha": str(float(network.alpha)),
         "ss_learning_rate": str(float(unet_lr)),
         "ss_unet_lr": str(float(unet_lr)),
         "ss_text_encoder_lr": str(te_lr),
@@ -175,6 +184,10 @@ def kohya_metadata(
         "modelspec.prediction_type": "epsilon",
         "modelspec.date": datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    if network.is_locon:
+        # What train_network.py writes for `--network_args conv_dim=… conv_alpha=…`: the typed strings.
+        meta["ss_network_args"] = json.dumps({"conv_dim": str(network.conv_dim),
+                                              "conv_alpha": f"{network.conv_alpha:g}"})
     for key, value in (extra or {}).items():
         meta[str(key)] = str(value)
     return meta
@@ -192,6 +205,8 @@ def options_metadata(options: TrainOptions, *, prediction: str, optimizer: str, 
         "ss_seed": str(options.seed),
         # sd-scripts writes None for SDXL, where clip skip does not apply.
         "ss_clip_skip": str(options.clip_skip) if options.family == "sd15" else "None",
+        # sai_model_spec's name for clip skip, written where sd-scripts writes it.
+        **({"modelspec.encoder_layer": str(options.clip_skip)} if options.family == "sd15" else {}),
         "ss_num_train_images": str(train_images * options.repeats),
         "ss_num_reg_images": str(reg_images), "ss_prior_loss_weight": str(options.prior_loss_weight),
         "ss_batch_size_per_device": str(options.batch_size), "ss_max_train_steps": str(total_steps),

@@ -1,8 +1,10 @@
-"""Inject LoRA adapters into a frozen UNet or CLIP text encoder through peft directly.
+"""Inject LoRA adapters into a frozen UNet or CLIP text encoder through peft directly, on the modules
+lora_modules selects (kohya's set, or LoCon's).
 
 We do not use `text_encoder.add_adapter` (transformers' PEFT integration): transformers ≥ 5.24 refuses
 it with peft < 0.22, and the newest peft on the registry is 0.21.2 (DESIGN §3). `peft.inject_adapter_in_model`
-works on any `nn.Module` and gives the same module names that `get_peft_model_state_dict` reports.
+works on any `nn.Module` and gives the same module names that `get_peft_model_state_dict` reports. peft's
+LoRA on a Conv2d is kohya's: down is a conv with the layer's kernel, stride and padding, up a 1×1 conv.
 
 LoRA parameters are kept in fp32 even when the frozen base is fp16/bf16: peft's LoRA forward casts the
 input to the adapter's dtype and the result back to the base layer's dtype, so mixed dtypes are fine.
@@ -10,29 +12,29 @@ input to the adapter's dtype and the result back to the base layer's dtype, so m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 
+from engine.training.lora_modules import Network, Rank, text_encoder_targets, unet_targets
+
 ADAPTER_NAME = "default"
-UNET_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
-TEXT_ENCODER_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
-def _inject(
-    model: torch.nn.Module, rank: int, alpha: float, target_modules: Sequence[str]
-) -> list[torch.nn.Parameter]:
-    if rank < 1:
-        raise ValueError(f"LoRA rank must be at least 1, got {rank}")
-    if alpha <= 0:
-        raise ValueError(f"LoRA alpha must be positive, got {alpha}")
+def add_lora(model: torch.nn.Module, targets: Mapping[str, Rank]) -> list[torch.nn.Parameter]:
+    """Freeze `model`, put LoRA on exactly the modules in `targets` (full paths), return the LoRA parameters."""
+    if not targets:
+        raise ValueError(f"no module of {type(model).__name__} is a LoRA target")
     model.requires_grad_(False)
+    ranks = list(targets.values())
+    common = max(set(ranks), key=ranks.count)
+    # peft matches a pattern against the end of a module path; an escaped full path matches that module only.
+    others = {re.escape(path): rank for path, rank in targets.items() if rank != common}
     config = LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        # peft matches a target by the end of the module name (`to_out.0` matches `…attn1.to_out.0`).
-        target_modules=list(target_modules),
+        r=common.rank, lora_alpha=common.alpha, target_modules=sorted(targets),
+        rank_pattern={p: r.rank for p, r in others.items()}, alpha_pattern={p: r.alpha for p, r in others.items()},
         init_lora_weights=True,  # kaiming A, zero B: the adapter starts as a no-op
         lora_dropout=0.0,
     )
@@ -46,26 +48,17 @@ def _inject(
             params.append(param)
         else:
             param.requires_grad_(False)
-    if not params:
-        raise ValueError(f"no module of {type(model).__name__} matched the LoRA targets {list(target_modules)}")
     return params
 
 
-def add_unet_lora(
-    unet: torch.nn.Module, rank: int, alpha: float, target_modules: Sequence[str] = UNET_TARGET_MODULES
-) -> list[torch.nn.Parameter]:
-    """Freeze `unet`, inject LoRA into its attention projections, return the (fp32) LoRA parameters."""
-    return _inject(unet, rank, alpha, target_modules)
+def add_unet_lora(unet: torch.nn.Module, network: Network) -> list[torch.nn.Parameter]:
+    """Freeze `unet`, inject the network's LoRA (kohya's module set), return the (fp32) LoRA parameters."""
+    return add_lora(unet, unet_targets(unet, network))
 
 
-def add_text_encoder_lora(
-    text_encoder: torch.nn.Module,
-    rank: int,
-    alpha: float,
-    target_modules: Sequence[str] = TEXT_ENCODER_TARGET_MODULES,
-) -> list[torch.nn.Parameter]:
-    """Freeze `text_encoder`, inject LoRA into its self-attention projections, return the LoRA parameters."""
-    return _inject(text_encoder, rank, alpha, target_modules)
+def add_text_encoder_lora(text_encoder: torch.nn.Module, network: Network) -> list[torch.nn.Parameter]:
+    """Freeze `text_encoder`, inject LoRA into its attention and MLP layers, return the LoRA parameters."""
+    return add_lora(text_encoder, text_encoder_targets(text_encoder, network))
 
 
 def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

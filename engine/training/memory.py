@@ -29,21 +29,79 @@ _OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16}
 
 
 @dataclass(frozen=True)
+class LoraGroup:
+    """Modules of one kind that a network may put LoRA on, and their LoRA parameters per unit of rank."""
+    modules: int
+    per_rank: int
+
+
+# The kinds of LoRA module (bench/vram.py sorts kohya's and LoCon's modules into them) and which a network
+# trains: "attention" the q/k/v/out projections, "transformer" the rest of the transformer blocks (proj_in,
+# proj_out, feed-forward), "mlp" the text encoders' MLPs, "resnet" LoCon's time-embedding projections and
+# 1×1 shortcuts (at the network's dim), "conv" LoCon's 3×3 convolutions (at conv_dim).
+UNET_GROUPS = {"attention": ("attention",), "kohya": ("attention", "transformer"),
+               "locon": ("attention", "transformer", "resnet", "conv")}
+TEXT_GROUPS = {"attention": ("attention",), "kohya": ("attention", "mlp"), "locon": ("attention", "mlp")}
+
+
+@dataclass(frozen=True)
 class FamilySize:
-    """bench/vram.py's figures for one family at its native resolution, per image, fp16."""
+    """bench/vram.py's figures for one family at its native resolution, per image, fp16; activations per
+    network kind (a LoRA keeps its module's input for the backward, so more modules keep more)."""
     resolution: int
     unet_params: int
     text_params: int
-    unet_lora_per_rank: int
-    text_lora_per_rank: int
-    activations_gib: float          # without gradient checkpointing
-    checkpointed_gib: float         # with it: block inputs + the largest block recomputed
+    unet_lora: dict[str, LoraGroup]
+    text_lora: dict[str, LoraGroup]
+    activations_gib: dict[str, float]          # without gradient checkpointing
+    checkpointed_gib: dict[str, float]         # with it: block inputs + the largest block recomputed
 
 
 FAMILY_SIZES = {
-    "sd15": FamilySize(512, 859_520_964, 123_060_480, 199_296, 73_728, 2.601, 0.439),
-    "sdxl": FamilySize(1024, 2_567_463_684, 816_081_920, 1_451_520, 401_408, 12.293, 0.794),
+    "sd15": FamilySize(
+        512, 859_520_964, 123_060_480,
+        unet_lora={"attention": LoraGroup(128, 199_296), "transformer": LoraGroup(64, 224_640),
+                   "resnet": LoraGroup(36, 82_880), "conv": LoraGroup(50, 544_000)},
+        text_lora={"attention": LoraGroup(48, 73_728), "mlp": LoraGroup(24, 92_160)},
+        activations_gib={"attention": 2.601, "kohya": 2.925, "locon": 3.184},
+        checkpointed_gib={"attention": 0.439, "kohya": 0.556, "locon": 0.591}),
+    "sdxl": FamilySize(
+        1024, 2_567_463_684, 817_720_320,
+        unet_lora={"attention": LoraGroup(560, 1_451_520), "transformer": LoraGroup(162, 1_208_320),
+                   "resnet": LoraGroup(28, 58_560), "conv": LoraGroup(38, 355_840)},
+        text_lora={"attention": LoraGroup(176, 401_408), "mlp": LoraGroup(88, 501_760)},
+        activations_gib={"attention": 12.293, "kohya": 14.497, "locon": 15.483},
+        checkpointed_gib={"attention": 0.794, "kohya": 1.006, "locon": 1.141}),
 }
+
+
+# A step's work (U-Net forward + backward) per network, relative to attention only: bench/flops.py's count
+# on SD1.5 at 512 px (SDXL at 1024 px: 1.011 and 1.027). The plan's time estimate scales by it.
+STEP_COST = {"attention": 1.0, "kohya": 1.013, "locon": 1.029}
+
+
+def network_kind(options: TrainOptions) -> str:
+    """"attention", "kohya" or "locon": which of the table's module kinds the options' network trains."""
+    if options.network_modules == "attention":
+        return "attention"
+    return "locon" if options.conv_dim > 0 else "kohya"
+
+
+@dataclass(frozen=True)
+class LoraSize:
+    modules: int
+    parameters: int
+
+
+def lora_size(options: TrainOptions) -> LoraSize:
+    """The LoRA's modules and parameters on a base model of the family's usual size."""
+    size, kind = FAMILY_SIZES[options.family], network_kind(options)
+    groups = [(size.unet_lora[g], options.conv_dim if g == "conv" else options.network_dim)
+              for g in UNET_GROUPS[kind]]
+    if options.train_text_encoder:
+        groups += [(size.text_lora[g], options.network_dim) for g in TEXT_GROUPS[kind]]
+    return LoraSize(sum(group.modules for group, _ in groups),
+                    sum(group.per_rank * rank for group, rank in groups))
 
 
 @dataclass(frozen=True)
@@ -60,18 +118,15 @@ class MemoryEstimate:
 
 
 def estimate(options: TrainOptions) -> MemoryEstimate:
-    size = FAMILY_SIZES[options.family]
+    size, kind = FAMILY_SIZES[options.family], network_kind(options)
     weight_bytes = 4 if options.mixed_precision == "no" else 2
     # Trained encoders need their weights for the backward; shuffled captions are read afresh every step.
     text_stays = options.train_text_encoder or options.shuffle_captions
     weights = (size.unet_params + (size.text_params if text_stays else 0)) * weight_bytes
-    lora_params = size.unet_lora_per_rank * options.network_dim
-    if options.train_text_encoder:
-        lora_params += size.text_lora_per_rank * options.network_dim
-    lora = lora_params * (4 + 4 + _OPTIMIZER_STATE_BYTES.get(options.optimizer, 8))
+    lora = lora_size(options).parameters * (4 + 4 + _OPTIMIZER_STATE_BYTES.get(options.optimizer, 8))
     # Activations grow with the pixels of a batch; fp32 doubles them.
     scale = options.batch_size * (options.resolution / size.resolution) ** 2 * weight_bytes / 2
-    plain, checkpointed = size.activations_gib * scale, size.checkpointed_gib * scale
+    plain, checkpointed = size.activations_gib[kind] * scale, size.checkpointed_gib[kind] * scale
     return MemoryEstimate(
         weights_gib=weights / GIB, lora_gib=lora / GIB,
         activations_gib=checkpointed if options.gradient_checkpointing else plain,

@@ -8,12 +8,14 @@ import dataclasses
 import difflib
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from engine.errors import Invalid
 
 Family = Literal["sd15", "sdxl"]
+Value = str | int | float | bool
 FAMILIES: tuple[str, ...] = ("sd15", "sdxl")
 
 
@@ -37,6 +39,14 @@ class TrainOptions:
     multires_noise_discount: float = 0.3
     network_dim: int = 16
     network_alpha: float = 8.0
+    # LoCon (kohya's `networks.lora` with `conv_dim`): LoRA on the ResNet blocks' 3×3 convolutions and the
+    # down/upsamplers too, at this rank and alpha; 0 = plain LoRA, kohya's default. `network=locon` sets
+    # kohya-colab's LoCon values (NETWORK_PRESETS).
+    conv_dim: int = 0
+    conv_alpha: float = 1.0
+    # "kohya": kohya's default module set (every Linear and 1×1 conv of the U-Net's transformer blocks, every
+    # Linear of the text encoders' attention and MLP); "attention": the attention projections only.
+    network_modules: str = "kohya"
     optimizer: str = "adamw8bit"            # the trainer falls back to adamw where bitsandbytes is missing
     clip_skip: int = 2
     keep_tokens: int = 1                    # caption tags kept in place when shuffling (the trigger word)
@@ -62,6 +72,17 @@ class TrainOptions:
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_saved(cls, saved: Mapping[str, object]) -> TrainOptions:
+        """Options stored with a job (`to_dict()`), also those stored before an option existed: such a job
+        trains as lorabake did then (LEGACY), so a training queued or interrupted across an upgrade goes on
+        with the network its saved state holds."""
+        return cls(**{**LEGACY, **saved})  # type: ignore[arg-type]
+
+
+# What options that did not exist yet meant: lorabake trained the attention projections only.
+LEGACY: dict[str, object] = {"network_modules": "attention"}
 
 
 _PRESETS: dict[str, TrainOptions] = {
@@ -120,6 +141,13 @@ LR_SCHEDULERS = ("cosine_with_restarts", "constant", "linear", "cosine")
 OPTIMIZERS = ("adamw8bit", "adamw", "prodigy")
 MIXED_PRECISIONS = ("fp16", "bf16", "no")
 REG_CAPTIONS = ("tags", "class")
+NETWORK_MODULES = ("kohya", "attention")
+# `network=…`: kohya-colab's "LoRA type" choice, as the values it sets (its LoCon row: dim 16, alpha 8,
+# conv_dim 8, conv_alpha 1). Options typed beside it win.
+NETWORK_PRESETS: dict[str, dict[str, Value]] = {
+    "lora": {"conv_dim": 0},
+    "locon": {"network_dim": 16, "network_alpha": 8, "conv_dim": 8, "conv_alpha": 1},
+}
 
 RULES: dict[str, Rule] = {
     "resolution": Rule(64, 2048, multiple_of=64),  # under 256 only makes sense for quick tests
@@ -138,6 +166,9 @@ RULES: dict[str, Rule] = {
     "multires_noise_discount": Rule(0, 1),
     "network_dim": Rule(1, 256),
     "network_alpha": Rule(0.01, 256),
+    "conv_dim": Rule(0, 256),
+    "conv_alpha": Rule(0.01, 256),
+    "network_modules": Rule(choices=NETWORK_MODULES),
     "optimizer": Rule(choices=OPTIMIZERS),
     "clip_skip": Rule(1, 12),
     "keep_tokens": Rule(0, 32),
@@ -159,7 +190,7 @@ ALIASES: dict[str, str] = {
     "lr": "unet_lr", "te_lr": "text_encoder_lr", "dim": "network_dim", "rank": "network_dim",
     "alpha": "network_alpha", "batch": "batch_size", "scheduler": "lr_scheduler", "warmup": "warmup_ratio",
     "snr_gamma": "min_snr_gamma", "flip": "flip_aug", "shuffle": "shuffle_captions",
-    "precision": "mixed_precision", "res": "resolution",
+    "precision": "mixed_precision", "res": "resolution", "conv_rank": "conv_dim",
 }
 _NOT_SETTABLE = {
     "family": "family comes from the base model, it cannot be set",
@@ -169,7 +200,6 @@ _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainOptions)}
 _TRUE = {"true", "yes", "on", "1", "y"}
 _FALSE = {"false", "no", "off", "0", "n"}
 
-Value = str | int | float | bool
 
 
 def _fmt(x: float) -> str:
@@ -238,6 +268,7 @@ def apply_overrides(options: TrainOptions, overrides: dict[str, Value]) -> Train
     """A copy of `options` with `overrides` parsed ("5e-4", "true", "Cosine") and checked. Raises Invalid
     naming the option and its allowed values; an unknown key gets a did-you-mean suggestion."""
     changes: dict[str, Value] = {}
+    overrides = _with_network_preset(overrides)
     for key, raw in overrides.items():
         name = _canonical_key(key)
         if name in _NOT_SETTABLE:
@@ -250,9 +281,22 @@ def apply_overrides(options: TrainOptions, overrides: dict[str, Value]) -> Train
     return result
 
 
+def _with_network_preset(overrides: dict[str, Value]) -> dict[str, Value]:
+    """`network=locon` replaced by the values it stands for, under the options typed beside it."""
+    keys = [key for key in overrides if _canonical_key(key) in ("network", "lora_type")]
+    if not keys:
+        return overrides
+    rest = {key: value for key, value in overrides.items() if key not in keys}
+    choice = str(overrides[keys[-1]]).strip().lower()
+    if choice not in NETWORK_PRESETS:
+        raise Invalid(f"network must be one of {', '.join(NETWORK_PRESETS)}, got {overrides[keys[-1]]!r}")
+    typed = {_canonical_key(key) for key in rest}
+    return {**{k: v for k, v in NETWORK_PRESETS[choice].items() if k not in typed}, **rest}
+
+
 def _unknown(key: str) -> str:
     names = sorted(RULES)
-    close = difflib.get_close_matches(_canonical_key(key), [*names, *ALIASES], n=1, cutoff=0.6)
+    close = difflib.get_close_matches(_canonical_key(key), [*names, *ALIASES, "network"], n=1, cutoff=0.6)
     if close:
         return f"unknown option {key!r}: did you mean {ALIASES.get(close[0], close[0])}?"
     return f"unknown option {key!r} (options: {', '.join(names)})"
@@ -260,7 +304,7 @@ def _unknown(key: str) -> str:
 
 def describe_rules() -> dict[str, str]:
     """Each settable option and what it accepts, for help texts."""
-    out = {}
+    out = {"network": "one of " + ", ".join(NETWORK_PRESETS) + " (locon sets kohya-colab's LoCon values)"}
     for name, rule in RULES.items():
         if rule.choices:
             out[name] = "one of " + ", ".join(rule.choices)

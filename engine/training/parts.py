@@ -15,6 +15,7 @@ from engine.training import data
 from engine.training.conditioning import TextConditioning
 from engine.training.kohya_format import to_kohya_state_dict
 from engine.training.lora_inject import lora_state_dict
+from engine.training.lora_modules import Network, sgm_namer
 from engine.training.options import TrainOptions
 from engine.training.spec import TrainSpec, trained_caption
 
@@ -42,8 +43,9 @@ class Models:
 
     def kohya_state(self, options: TrainOptions) -> dict[str, torch.Tensor]:
         te = [lora_state_dict(encoder) for encoder in self.text.encoders] if options.train_text_encoder else []
+        names = sgm_namer(self.unet) if self.info.family == "sdxl" else None
         return to_kohya_state_dict(lora_state_dict(self.unet), te, family=self.info.family,
-                                   rank=options.network_dim, alpha=options.network_alpha)
+                                   network=Network.of(options), unet_names=names)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ class TrainPlan:
     reg_doubling: bool
     estimated_seconds: float | None
     gpu_memory_gb: float         # during the steps, for a base model of the family's usual size (memory.py)
+    lora_modules: int            # the LoRA's modules and parameters, on a base model of that size
+    lora_parameters: int
     explanation: tuple[str, ...]  # sentences for the member, in order
 
 
@@ -68,6 +70,7 @@ def make_plan(options: TrainOptions, *, train_images: int, reg_images: int = 0,
     if estimate is not None:
         source = f" ({speed_source})" if speed_source else ""
         lines.append(f"At about {seconds_per_step:.2g} s per step{source} that takes about {_duration(estimate)}.")
+    lines.append(_network_line(options))
     lines.append(memory.describe(options))
     if options.optimizer == "prodigy":
         unet_lr, _ = group_learning_rates(options)
@@ -85,8 +88,20 @@ def make_plan(options: TrainOptions, *, train_images: int, reg_images: int = 0,
         images_per_epoch=per_epoch, reg_per_epoch=reg_per_epoch, steps_per_epoch=steps_per_epoch,
         total_steps=total, warmup_steps=math.ceil(total * options.warmup_ratio), reg_doubling=doubling,
         estimated_seconds=estimate, gpu_memory_gb=round(memory.estimate(options).total_gib, 1),
+        lora_modules=memory.lora_size(options).modules, lora_parameters=memory.lora_size(options).parameters,
         explanation=tuple(lines),
     )
+
+
+def _network_line(options: TrainOptions) -> str:
+    size = memory.lora_size(options)
+    kind = memory.network_kind(options)
+    what = {"attention": "the attention layers only", "kohya": "kohya's module set",
+            "locon": f"kohya's module set + LoCon, conv_dim {options.conv_dim} / alpha {options.conv_alpha:g}"}[kind]
+    where = "U-Net and text encoder" if options.train_text_encoder else "U-Net"
+    family = {"sd15": "SD 1.5", "sdxl": "SDXL"}[options.family]
+    return (f"LoRA: {_n(size.modules)} modules, {size.parameters / 1e6:.1f} M parameters ({what} in the {where}, "
+            f"dim {options.network_dim} / alpha {options.network_alpha:g}, for an {family}-sized base model).")
 
 
 def refuse_if_too_long(plan: TrainPlan, cap: int) -> None:

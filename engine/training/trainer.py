@@ -31,6 +31,7 @@ from engine.training.checkpoints import Checkpoints
 from engine.training.conditioning import for_family
 from engine.training.faults import divergence_message, is_out_of_memory, out_of_memory_message, training_precision
 from engine.training.lora_inject import add_text_encoder_lora, add_unet_lora
+from engine.training.lora_modules import Network
 from engine.training.optimizers import make_lr_scheduler, make_optimizer, optimizer_step
 from engine.training.options import group_learning_rates
 from engine.training.parts import Models, Pictures, Position
@@ -106,7 +107,8 @@ def _set_up_models(spec: TrainSpec, info: BaseModelInfo, precision: str) -> Mode
 
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config, prediction_type=info.prediction)
     unet_lr, te_lr = group_learning_rates(opts)
-    groups = [{"params": add_unet_lora(unet, opts.network_dim, opts.network_alpha), "lr": unet_lr}]
+    network = Network.of(opts)
+    groups = [{"params": add_unet_lora(unet, network), "lr": unet_lr}]
     unet.train()
     if opts.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -114,7 +116,7 @@ def _set_up_models(spec: TrainSpec, info: BaseModelInfo, precision: str) -> Mode
     for encoder in text.encoders:
         encoder.train(opts.train_text_encoder)
         if opts.train_text_encoder:
-            te_params += add_text_encoder_lora(encoder, opts.network_dim, opts.network_alpha)
+            te_params += add_text_encoder_lora(encoder, network)
             if opts.gradient_checkpointing:
                 encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if te_params:
