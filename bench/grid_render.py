@@ -3,8 +3,10 @@
 Goal (issue 6): rendering the sample grids takes ≤ 1.15× the pure sampling time of their images.
 
 - **ours**: `SampleRenderer.render(lora_files, spec)` + `grids(...)` on a renderer whose base pipeline is
-  already loaded (a samples job loads it once; that load is timed once and printed apart). It loads each
-  LoRA file into the pipeline in memory, sets each weight with `set_adapters`, and unloads the file again.
+  already loaded. As in the warm GPU worker, that is the pipeline the training before it used, kept and put
+  back as loaded (engine.models.warm); a samples job in a fresh process loads it once instead (timed apart
+  with `--cold`). It loads each LoRA file into the pipeline in memory, sets each weight with
+  `set_adapters`, and unloads the file again.
 - **rebuilt**: the naive way, per grid cell: `load_pipeline`, `load_lora_weights`, `set_adapters`, one
   image; then the same `grids(...)`. Its images must equal ours (the max pixel difference is printed).
 - **pure sampling**: one pipeline, one LoRA file loaded once at weight 1, and the same number of
@@ -37,6 +39,7 @@ import torch
 
 from bench.common import THREADS_HELP, base_model, default_threads, interleaved, machine, quiet_libraries
 from engine.devtools.pictures import picture
+from engine.models import warm
 from engine.models.base import BaseModelInfo, load_pipeline
 from engine.samples.render import Sample, SampleRenderer, SampleSpec, grids
 
@@ -156,7 +159,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="sample width and height, a multiple of 8")
     parser.add_argument("--steps", type=int, default=10, help="sampling steps per image")
     parser.add_argument("--weights", default="0.4,0.7,1.0", help="LoRA weights, comma-separated")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of each side, alternating")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each side, alternating")
+    parser.add_argument("--cold", action="store_true",
+                        help="ours loads its base model itself, as a samples job in a fresh process does")
     parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args()
@@ -181,13 +186,16 @@ def main() -> None:
         root = Path(tmp)
         info = base_model(args.base_model, root, parser)
         base = info.spec
+        warm.keep_models(not args.cold)   # the training's pipeline is kept, as in the warm worker
         files = {Path(f).stem: Path(f) for f in args.lora} or train_two_epochs(root, base, args.device)
         dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
         job = Job(info, files, spec, args.device, dtype)
 
+        warm.reset()   # what the warm worker does between the training and the samples job
         started = time.perf_counter()
         renderer = SampleRenderer(job.info, device=args.device, dtype=dtype)
         renderer_load = time.perf_counter() - started
+        warm.keep_models(False)   # the other sides load their own pipelines
         pure, ours = Pure(job), Ours()
         runs: dict[str, Callable[[Job, SampleRenderer], list[Sample]]] = {
             "ours": ours, "rebuilt per cell": rebuilt, "pure sampling": pure}
@@ -214,13 +222,14 @@ def main() -> None:
         rebuilt_ratio = medians["rebuilt per cell"] / medians["pure sampling"]
         if args.json:
             print(json.dumps({
-                "machine": machine(torch, diffusers, peft), "device": args.device, "size": args.size,
+                "bench": "grid_render", "over_pure_sampling": ours_ratio, "machine": machine(torch, diffusers, peft),
+                "device": args.device, "size": args.size,
                 "steps": args.steps, "weights": spec.weights, "lora_files": len(files), "cells": len(job.cells()),
                 "images_rendered": job.rendered_images(), "seconds": seconds, "median_s": medians,
                 "renderer_load_s": renderer_load, "ours_over_pure": ours_ratio, "rebuilt_over_pure": rebuilt_ratio,
                 "goal": GOAL, "max_pixel_difference_ours_vs_rebuilt": difference,
-                "ours_grid_drawing_s": ours.grid_seconds,
-            }, indent=2))
+                "ours_grid_drawing_s": ours.grid_seconds, "warm": not args.cold,
+            }))
             return
         print(f"\n{'side':>16} | {'s per round':<16} | {'median':>7} | {'× pure':>6}")
         for side in SIDES:
@@ -231,8 +240,12 @@ def main() -> None:
         print(f"\nours / pure sampling: {ours_ratio:.2f}× (goal ≤ {GOAL}×: {verdict})")
         print(f"rebuilt per cell / pure sampling: {rebuilt_ratio:.2f}×; rebuilt / ours: "
               f"{medians['rebuilt per cell'] / medians['ours']:.2f}×")
-        print(f"ours' one-time base-model load (not in its rounds): {renderer_load:.2f} s; with it, ours / pure = "
+        print(f"ours' base model ({'loaded' if args.cold else 'kept from the training'}, not in its rounds): "
+              f"{renderer_load:.2f} s; with it, ours / pure = "
               f"{(medians['ours'] + renderer_load) / medians['pure sampling']:.2f}×")
+        print(json.dumps({"bench": "grid_render", "over_pure_sampling": round(ours_ratio, 3),
+                          "rebuilt_over_pure": round(rebuilt_ratio, 3), "warm": not args.cold,
+                          "renderer_load_s": round(renderer_load, 3)}))
         print(f"ours' time beyond pure sampling: {medians['ours'] - medians['pure sampling']:.2f} s, of which "
               f"drawing and encoding the grids {statistics.median(ours.grid_seconds):.2f} s; the rest is loading "
               f"and unloading {len(files)} LoRA files, setting weights, and noise")

@@ -285,7 +285,8 @@ def make_project(folder: Path, images: int, resolution: int) -> None:
         (dataset / f"{i:03d}.txt").write_text(f"{TRIGGER}, tag{i}, red hair, blue eyes, smiling", encoding="utf-8")
 
 
-def report(setup: Setup, runs: list[Run], load: Run, flops: dict[str, dict[str, float]], as_json: bool) -> None:
+def report(setup: Setup, runs: list[Run], load: Run, flops: dict[str, dict[str, float]], as_json: bool, *,
+           real_layout: bool = False) -> None:
     rates = {side: statistics.median(r.steps_per_s for r in runs if r.side == side) for side in SIDES}
     rss = {side: max(r.peak_rss_mib for r in runs if r.side == side) for side in SIDES}
     vram = {side: max((r.peak_vram_mib or 0.0) for r in runs if r.side == side) for side in SIDES}
@@ -323,11 +324,19 @@ def report(setup: Setup, runs: list[Run], load: Run, flops: dict[str, dict[str, 
     print("\nwork per reference step, counted (bench/flops.py), not timed:")
     for name, counted in flops.items():
         print(f"  {name}: {describe(counted)}")
+    shares = {"vae": ref_breakdown["vae"] / profiled, "text_encoder": ref_breakdown["text encoder"] / profiled,
+              "unet": unet_ms / profiled}
+    print(json.dumps({"bench": "train_throughput", "real_layout": real_layout,
+                      ("real_layout_ratio" if real_layout else "ratio"): round(ratio, 3),
+                      "shares": {k: round(v, 3) for k, v in shares.items()}}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-model", default="", help="SD1.x diffusers folder or .safetensors (default: tiny)")
+    parser.add_argument("--real-layout", action="store_true",
+                        help="SD1.5's published architecture with random weights (written, ~2 GB; fp32 on CPU): "
+                             "2 pictures, batch 1, 1 warm-up + 3 timed steps, 1 round unless given")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--resolution", type=int, default=128, help="square pictures, a multiple of 64")
     parser.add_argument("--images", type=int, default=4)
@@ -353,10 +362,22 @@ def main() -> None:
         run = CHILDREN[args.child](setup)
         print("RESULT " + json.dumps(dataclasses.asdict(run)))
         return
+    if args.real_layout:
+        if args.base_model:
+            parser.error("--real-layout builds its own model: leave out --base-model")
+        given = {a.split("=")[0] for a in sys.argv[1:]}
+        for option, value in (("--images", 2), ("--batch-size", 1), ("--warmup", 1), ("--steps", 3),
+                              ("--profile-steps", 2), ("--rounds", 1)):
+            if option not in given:
+                setattr(args, option[2:].replace("-", "_"), value)
     if args.resolution % 64 or args.warmup < 1 or args.steps < 1:
         parser.error("--resolution must be a multiple of 64, --warmup and --steps at least 1")
     with tempfile.TemporaryDirectory(prefix="lorabake-bench-") as tmp:
         root = Path(tmp)
+        if args.real_layout:
+            from engine.devtools.published import write_random_sd15
+
+            args.base_model = str(write_random_sd15(root / "sd15-random"))
         info = base_model(args.base_model, root, parser)
         base, family = info.spec, info.family
         if family != "sd15":
@@ -388,7 +409,7 @@ def main() -> None:
         if (Path(base) / "unet" / "config.json").is_file():   # a diffusers folder (the tiny model is one)
             flops[f"this model at {args.resolution} px"] = step_flops(Path(base), args.resolution, args.batch_size)
         flops["SD1.5's shapes at 512 px"] = step_flops(None, 512, args.batch_size)
-        report(setup, runs, load, flops, args.json)
+        report(setup, runs, load, flops, args.json, real_layout=args.real_layout)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,11 @@ class QueueConfig:
     max_projects_per_user: int = field(default=20, metadata=_range(1, 1000))
     max_attempts: int = field(default=2, metadata=_range(1, 10))
     cancel_grace_s: float = field(default=5.0, metadata=_range(0.0, 120.0))
+    # GPU-lane jobs run one after another in one long-lived worker that keeps the last base model loaded
+    # (reg → training → samples load it once); off: a fresh process per job.
+    warm_worker: bool = True
+    # A warm worker holding more than this much host memory after a job is replaced by a fresh one (0: never).
+    warm_worker_max_rss_gb: float = field(default=24.0, metadata=_range(0.0, 4096.0))
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ LANES = ("gpu", "cpu")
 PROGRESS_EVENT_INTERVAL_S = 1.0  # progress is kept on the job row always, in job_events at most this often
 # Another process (the CLI) may enqueue or cancel through the database; the lanes look this often.
 DB_POLL_S = 2.0
+# How long a warm worker may take to put its state back after a job before it is replaced.
+WARM_RESET_TIMEOUT_S = 60.0
 
 
 class SchedulerBusy(UserError):
@@ -56,6 +58,7 @@ class Scheduler:
         self._loops: list[asyncio.Task[None]] = []
         self._running: dict[int, WorkerProcess] = {}
         self._exiting: set[WorkerProcess] = set()   # finished jobs whose process is still exiting
+        self._warm: dict[str, WorkerProcess] = {}   # lane → its warm worker, idle between jobs
         self._cancelled: set[int] = set()
         self._lock_file: int | None = None
 
@@ -110,6 +113,9 @@ class Scheduler:
         for worker in list(self._exiting):   # done, but its process was still exiting: let it go first
             await worker.reap(self._config.cancel_grace_s)
         self._exiting.clear()
+        for worker in self._warm.values():
+            await worker.retire(self._config.cancel_grace_s)
+        self._warm.clear()
         if self._lock_file is not None:
             os.close(self._lock_file)  # closing the descriptor releases the flock
             self._lock_file = None
@@ -206,7 +212,8 @@ class Scheduler:
         project_dir = self._layout.project(project.user_id, project.dir_name).root if project else None
         spec = JobSpec(job.id, job.kind, kind.entry, job.params, str(self._layout.root),
                        str(project_dir) if project_dir else None, job.attempts + 1)
-        worker = await WorkerProcess.spawn(spec, self._layout.job_log(job.id))
+        worker = await self._worker(kind.lane)
+        await worker.submit(spec, self._layout.job_log(job.id))
         self._running[job.id] = worker
         try:
             async with self._db.transaction() as tx:
@@ -241,10 +248,23 @@ class Scheduler:
             await self._finish(job.id, job.user_id, "failed", error=outcome.error,
                                extra={"log_tail": outcome.log_tail[-8:]})
         # The member already has the result; the lane's next job waits until this process has given its
-        # memory back (on one GPU, two models loaded at once could run out of it).
+        # memory back (on one GPU, two models loaded at once could run out of it), or, a warm worker, has
+        # put its state back for the next job.
         self._exiting.add(worker)
-        await worker.reap(self._config.cancel_grace_s)   # if the engine stops meanwhile, stop() reaps it
+        if outcome.state == "done" and await worker.ready(WARM_RESET_TIMEOUT_S):
+            self._warm[kind.lane] = worker
+        else:
+            await worker.retire(self._config.cancel_grace_s)   # if the engine stops meanwhile, stop() reaps it
         self._exiting.discard(worker)
+
+    async def _worker(self, lane: str) -> WorkerProcess:
+        """The lane's warm worker (started on first use), or a fresh process for the one job."""
+        warm = self._warm.pop(lane, None)
+        if warm is not None and warm.process.returncode is None:
+            return warm
+        if lane == "gpu" and self._config.warm_worker:
+            return await WorkerProcess.start(serve=True, max_rss_gb=self._config.warm_worker_max_rss_gb)
+        return await WorkerProcess.start()
 
     async def _watch_for_outside_cancel(self, job: job_rows.JobRow, worker: WorkerProcess) -> None:
         """A job cancelled by another process (the CLI) only changes its row: notice, and stop it."""

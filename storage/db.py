@@ -79,13 +79,32 @@ class Database:
     async def transaction(self) -> AsyncIterator[Tx]:
         """BEGIN IMMEDIATE … COMMIT, rolled back on any exception (cancellation included)."""
         async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                await self._to_the_end("BEGIN IMMEDIATE")
+            except asyncio.CancelledError:
+                await self._to_the_end("ROLLBACK")   # the BEGIN went through all the same
+                raise
             try:
                 yield Tx(self._conn)
             except BaseException:
-                await self._conn.execute("ROLLBACK")
+                await self._to_the_end("ROLLBACK")
                 raise
-            await self._conn.execute("COMMIT")
+            await self._to_the_end("COMMIT")
+
+    async def _to_the_end(self, sql: str) -> None:
+        """Runs a transaction statement to its end even when the caller is cancelled meanwhile (then raises
+        CancelledError after it): aiosqlite runs it in its thread regardless, and a BEGIN that lands after
+        its caller gave up would leave the connection inside a transaction nobody ends."""
+        task = asyncio.ensure_future(self._conn.execute(sql))
+        cancelled = False
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                cancelled = True
+        task.result()
+        if cancelled:
+            raise asyncio.CancelledError
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         async with self.transaction() as tx:

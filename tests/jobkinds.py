@@ -15,6 +15,7 @@ JOB_KINDS = [
     JobKind("hold", "Held job", "gpu", "tests.jobkinds:hold", needs_project=False),
     JobKind("hold_cpu", "Held CPU job", "cpu", "tests.jobkinds:hold", needs_project=False),
     JobKind("quick", "Quick job", "gpu", "tests.jobkinds:quick", needs_project=False),
+    JobKind("whoami", "Which process", "gpu", "tests.jobkinds:whoami", needs_project=False),
     JobKind("slow_exit", "Slow to exit", "gpu", "tests.jobkinds:slow_exit", needs_project=False),
     JobKind("artifact", "File maker", "cpu", "tests.jobkinds:artifact"),
     JobKind("crash", "Crashing job", "gpu", "tests.jobkinds:crash", needs_project=False),
@@ -43,6 +44,21 @@ def slow_exit(ctx: JobContext) -> dict[str, Any]:
 
     atexit.register(time.sleep, float(ctx.params.get("exit_s", 1.5)))
     return {"pid": os.getpid()}
+
+
+_RUNS = 0
+
+
+def whoami(ctx: JobContext) -> dict[str, Any]:
+    """The process it ran in, how many jobs that process has run, and the torch seed it was handed; then it
+    seeds torch for itself, as a training does (the next job must not inherit that)."""
+    import torch
+
+    global _RUNS
+    _RUNS += 1
+    seen = torch.initial_seed()
+    torch.manual_seed(1234)
+    return {"pid": os.getpid(), "runs": _RUNS, "torch_seed_seen": seen}
 
 
 def quick(ctx: JobContext) -> dict[str, Any]:

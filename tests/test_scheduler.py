@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from pathlib import Path
 
@@ -132,9 +133,19 @@ async def test_worker_crash_fails_only_that_job_and_keeps_its_last_words(engine:
     assert "about to crash" in log
 
 
-async def test_a_job_is_done_when_its_result_arrives_and_the_next_waits_for_its_exit(engine: Engine) -> None:
-    """The member gets the result before the worker has exited; the lane starts its next job only once that
-    process is gone (on one GPU, it still holds the memory)."""
+async def test_a_job_is_done_when_its_result_arrives_and_the_next_waits_for_its_exit(config: Config) -> None:
+    """A process per job (warm_worker off): the member gets the result before the worker has exited; the lane
+    starts its next job only once that process is gone (on one GPU, it still holds the memory)."""
+    config = dataclasses.replace(config, queue=dataclasses.replace(config.queue, warm_worker=False))
+    engine = await Engine.open(config)
+    await engine.start()
+    try:
+        await _next_waits_for_exit(engine)
+    finally:
+        await engine.close()
+
+
+async def _next_waits_for_exit(engine: Engine) -> None:
     events = engine.subscribe()
     slow = await engine.enqueue(ALICE_ACTOR, "slow_exit", params={"exit_s": 1.5})
     after = await engine.enqueue(ALICE_ACTOR, "quick")
@@ -235,3 +246,31 @@ async def test_artifacts_are_registered_with_size_and_hash(engine: Engine) -> No
     assert artifact.path == "output/file.bin" and artifact.size == 4096 == path.stat().st_size
     import hashlib
     assert artifact.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def test_gpu_jobs_share_a_warm_worker_until_one_fails_or_is_cancelled(engine: Engine, tmp_path: Path) -> None:
+    """One long-lived worker runs GPU-lane jobs one after another, each seeing the RNG a fresh process has;
+    a failed job and a cancelled one each take it down, and the next job gets a fresh process."""
+    events = engine.subscribe()
+
+    async def whoami() -> dict:
+        job = await engine.enqueue(ALICE_ACTOR, "whoami")
+        done = await wait_event(events, lambda e: e.job_id == job.id and e.final)
+        assert done.type == "done", done.data
+        return done.data["result"]
+
+    first, second = await whoami(), await whoami()
+    assert first["pid"] == second["pid"] and (first["runs"], second["runs"]) == (1, 2)
+    assert 1234 not in (first["torch_seed_seen"], second["torch_seed_seen"])   # the first job's seeding is gone
+    failed = await engine.enqueue(ALICE_ACTOR, "fail")
+    assert (await wait_event(events, lambda e: e.job_id == failed.id and e.final)).type == "failed"
+    assert not pid_alive(first["pid"])
+    third = await whoami()
+    assert third["pid"] != first["pid"] and third["runs"] == 1
+    gate = tmp_path / "gate"
+    held = await engine.enqueue(ALICE_ACTOR, "hold", params={"gate": str(gate)})
+    await wait_file(Path(f"{gate}.started"))
+    assert int(Path(f"{gate}.started").read_text()) == third["pid"]
+    await engine.cancel(ALICE_ACTOR, held.id)
+    await wait_event(events, lambda e: e.job_id == held.id and e.final)
+    assert not pid_alive(third["pid"]) and (await whoami())["runs"] == 1

@@ -268,11 +268,26 @@ def load_pipeline(info: BaseModelInfo, *, dtype: Any, device: str = "cpu", confi
     with its scheduler set to `info.prediction`. The safety checker is never loaded.
 
     A single file needs the component configs of its family's diffusers repo (`config`: a folder or repo
-    id; default SINGLE_FILE_CONFIG_REPOS, fetched once and cached — a few kB, no weights)."""
+    id; default SINGLE_FILE_CONFIG_REPOS, fetched once and cached — a few kB, no weights). In a warm worker
+    the last model loaded is handed out again (engine.models.warm)."""
+    from engine.models import warm
+
+    key = (info.spec, str(info.path), info.family, info.prediction, info.source, str(dtype), str(device),
+           str(config), cache_dir)
+    return warm.pipeline(key, lambda: _load_pipeline(info, dtype=dtype, device=device, config=config,
+                                                     cache_dir=cache_dir))
+
+
+def _load_pipeline(info: BaseModelInfo, *, dtype: Any, device: str, config: str | Path | None,
+                   cache_dir: str) -> Any:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     cls = StableDiffusionXLPipeline if info.family == "sdxl" else StableDiffusionPipeline
-    extra: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False} if info.family == "sd15" else {}
+    # Never loaded, never imported: the safety checker, and the image processor and image encoder that only
+    # it and IP-Adapters use (a job draws from text and trains on its own pictures).
+    extra: dict[str, Any] = {"feature_extractor": None, "image_encoder": None}
+    if info.family == "sd15":
+        extra.update(safety_checker=None, requires_safety_checker=False)
     if info.path is None:
         raise SetupError(f"base model {info.spec} has no local files: resolve it with resolve_base_model first")
     try:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import Invalid
+from engine.models import warm
 from engine.models.base import BaseModelInfo, load_pipeline, resolve_base_model
 from engine.training import data
 from engine.training.checkpoints import Checkpoints
@@ -75,9 +76,10 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma
 
 
 def _free(modules: list[torch.nn.Module], on_cuda: bool) -> None:
-    """Drops modules' weights (to the meta device): any later use fails loudly instead of holding memory."""
+    """Drops modules' weights (to the meta device): any later use fails loudly instead of holding memory. A
+    warm worker keeps the base model for the next job: there they wait in host memory instead."""
     for module in modules:
-        module.to("meta")
+        module.to("cpu" if warm.is_warm() else "meta")
     gc.collect()
     if on_cuda:
         torch.cuda.empty_cache()
