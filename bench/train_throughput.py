@@ -336,7 +336,7 @@ def main() -> None:
     parser.add_argument("--base-model", default="", help="SD1.x diffusers folder or .safetensors (default: tiny)")
     parser.add_argument("--real-layout", action="store_true",
                         help="SD1.5's published architecture with random weights (written, ~2 GB; fp32 on CPU): "
-                             "2 pictures, batch 1, 1 warm-up + 3 timed steps, 1 round unless given")
+                             "256 px, 2 pictures, batch 1, 1 warm-up + 3 timed steps, 1 round unless given")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--resolution", type=int, default=128, help="square pictures, a multiple of 64")
     parser.add_argument("--images", type=int, default=4)
@@ -366,7 +366,8 @@ def main() -> None:
         if args.base_model:
             parser.error("--real-layout builds its own model: leave out --base-model")
         given = {a.split("=")[0] for a in sys.argv[1:]}
-        for option, value in (("--images", 2), ("--batch-size", 1), ("--warmup", 1), ("--steps", 3),
+        for option, value in (("--resolution", 256), ("--images", 2), ("--batch-size", 1), ("--warmup", 1),
+                              ("--steps", 3),
                               ("--profile-steps", 2), ("--rounds", 1)):
             if option not in given:
                 setattr(args, option[2:].replace("-", "_"), value)
