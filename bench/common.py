@@ -5,10 +5,11 @@ import argparse
 import contextlib
 import os
 import platform
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from engine.models import BaseModelInfo
@@ -67,3 +68,15 @@ def base_model(spec: str, scratch: Path, parser: argparse.ArgumentParser) -> Bas
         return resolve_base_model(spec)
     except SetupError as exc:
         parser.error(str(exc))
+
+
+@contextlib.contextmanager
+def tiny_models_scratch() -> Iterator[tuple[Path, Any]]:
+    """For benches of whole queues on the tiny models: quiet libraries, the machine printed, a scratch folder
+    and the tiny models written into it (both gone afterwards)."""
+    from engine.devtools.tiny_models import write_tiny_models
+
+    quiet_libraries()
+    print(machine())
+    with tempfile.TemporaryDirectory() as scratch:
+        yield Path(scratch), write_tiny_models(Path(scratch) / "models")

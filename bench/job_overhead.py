@@ -20,15 +20,13 @@ import asyncio
 import dataclasses
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import interleaved, machine, quiet_libraries
+from bench.common import interleaved, tiny_models_scratch
 from engine.config import Config, IntakeConfig, QueueConfig, RegConfig, SamplesConfig, TaggerConfig, WebConfig
 from engine.devtools.pictures import picture
-from engine.devtools.tiny_models import write_tiny_models
 from engine.records import Actor
 
 ACTOR = Actor(1, "bench")
@@ -96,14 +94,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    quiet_libraries()
-    print(machine())
     runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
-    with tempfile.TemporaryDirectory() as scratch:
-        models = write_tiny_models(Path(scratch) / "models")
+    with tiny_models_scratch() as (scratch, models):
         for round_no in range(args.rounds):
             for side in interleaved(list(SIDES), round_no):
-                data = Path(scratch) / f"{side}-{round_no}"
+                data = scratch / f"{side}-{round_no}"
                 run = asyncio.run(_queue(_config(data, models, SIDES[side])))
                 runs[side].append(run)
                 print(f"round {round_no + 1} {side:>7}: {run['total']:.1f} s  " + "  ".join(

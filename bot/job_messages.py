@@ -39,6 +39,8 @@ def job_line(job: Job) -> str:
         state = "interrupted: it goes on when the bot starts"
     elif job.state == "running" and job.progress and job.progress.get("total"):
         state = f"running {job.progress.get('step', 0)}/{job.progress['total']}"
+    if job.state == "running" and job.progress and job.progress.get("node"):
+        state += f" on {job.progress['node']}"   # a GPU machine of the cluster
     return f"{icon} `#{job.id}` {job.title}{where} — {state}"
 
 
@@ -51,6 +53,8 @@ def job_embed(job: Job) -> discord.Embed:
         embed.add_field(name="Project", value=clip(job.project_name, 1024))
     embed.add_field(name="Owner", value=f"<@{job.user_id}>")
     progress = job.progress or {}
+    if job.state == "running" and progress.get("node"):
+        embed.add_field(name="GPU machine", value=clip(str(progress["node"]), 1024))
     if job.state == "running" and progress.get("total"):
         lines = [progress_bar(int(progress.get("step", 0)), int(progress["total"])),
                  f"step {progress.get('step', 0)}/{progress['total']}"]

@@ -206,6 +206,28 @@ class RegConfig:
                             "watermark, blurry")
 
 
+CLUSTER_BACKENDS = ("", "ray")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    # "" (the default): every job runs on this machine and Ray is never imported. "ray": GPU-lane jobs run on
+    # the GPU machines of a Ray cluster (engine/cluster/), this machine stays the head.
+    backend: str = field(default="", metadata={"check": _one_of(CLUSTER_BACKENDS)})
+    # The Ray cluster to join: "host:port" of `ray start --head` (on this machine, or reachable over a
+    # private network or VPN only: Ray has no authentication).
+    address: str = ""
+    # Ray resources a GPU-lane job asks of a node: real GPUs (what `ray start --num-gpus` declares; 0 when
+    # nodes only declare lorabake_gpu, as the tests' nodes do) ...
+    gpus_per_job: float = field(default=1.0, metadata=_range(0.0, 8.0))
+    # ... and GPU memory in GB (the node declares `lorabake_vram_gb`), by base-model family.
+    sd15_vram_gb: float = field(default=8.0, metadata=_range(0.0, 1024.0))
+    sdxl_vram_gb: float = field(default=16.0, metadata=_range(0.0, 1024.0))
+    # true: a job goes only to a node that declares its base model (`lorabake_model_sd15` / `_sdxl`: the
+    # [models] entry is in its cache); false: any node, which loads or downloads the model itself.
+    nodes_declare_models: bool = False
+
+
 @dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("data")
@@ -219,6 +241,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
     reg: RegConfig = field(default_factory=RegConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def web_base_url(self) -> str:
@@ -275,7 +298,7 @@ def _build(cls: type, raw: dict[str, Any], where: str, section: str) -> Any:
 _SECTIONS: dict[str, type] = {
     "discord": DiscordConfig, "queue": QueueConfig, "web": WebConfig, "retention": RetentionConfig,
     "intake": IntakeConfig, "tagger": TaggerConfig, "models": ModelsConfig, "training": TrainingConfig,
-    "samples": SamplesConfig, "reg": RegConfig,
+    "samples": SamplesConfig, "reg": RegConfig, "cluster": ClusterConfig,
 }
 
 

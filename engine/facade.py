@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import intake, naming
+from engine.cluster import connect as connect_cluster
 from engine.config import Config
 from engine.core import Core
 from engine.curation_api import CurationAPI
@@ -47,10 +48,13 @@ log = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(self, config: Config, db: Database, layout: DataLayout, kinds: dict[str, JobKind]) -> None:
+    def __init__(self, config: Config, db: Database, layout: DataLayout, kinds: dict[str, JobKind],
+                 cluster: Any = None) -> None:
         self.layout = layout
         self.events = EventBus()
-        self.scheduler = Scheduler(db, layout, config.queue, kinds, self.events, after_done=self._follow_up)
+        self._cluster = cluster
+        self.scheduler = Scheduler(db, layout, config.queue, kinds, self.events, after_done=self._follow_up,
+                                   cluster=cluster)
         self.core = Core(config, db, layout, kinds, self.scheduler, self.events)
         self.links = LinkSigner.from_config(config.web.secret, layout.root / "secret.key")
         self.staging = Staging(layout)
@@ -96,7 +100,7 @@ class Engine:
                 log.warning("removed %s: a project folder with no project (left by a crash)", path)
             for path in await sweep_orphan_images(db, layout):
                 log.warning("removed %s: a picture with no database row (left by a crash)", path)
-            engine = cls(config, db, layout, kinds)
+            engine = cls(config, db, layout, kinds, cluster=connect_cluster(config))
             if repaired := await engine.curation.sync_files():
                 log.warning("rewrote %d caption files that disagreed with the database", repaired)
             return engine
@@ -118,6 +122,8 @@ class Engine:
         if self._started:
             await self.scheduler.stop()
             self._started = False
+        if self._cluster is not None:
+            self._cluster.close()
         await self._db.close()
 
     def subscribe(self) -> Subscription:

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from engine.jobs.context import JobSpec
 from engine.worker import END_OF_JOB
@@ -22,13 +22,32 @@ STDERR_TAIL_LINES = 20
 
 @dataclass
 class Outcome:
-    state: str                      # done | failed
+    state: str                      # done | failed | lost (the machine running it died: run it again)
     result: dict[str, Any] | None = None
     error: str | None = None
     log_tail: list[str] = field(default_factory=list)
 
 
 LOG_END_WAIT_S = 1.0
+
+
+class UnplaceableJob(Exception):
+    """No machine can run this job (its message says why, for the member)."""
+
+
+class JobWorker(Protocol):
+    """What runs a job for the scheduler: a worker process here (WorkerProcess) or a job on a GPU node of a
+    cluster (engine.cluster.ray_lane.RemoteJob)."""
+
+    @property
+    def pid(self) -> int | None: ...
+    async def submit(self, spec: JobSpec, log_path: Path) -> None: ...
+    async def run(self, on_event: Callable[[dict[str, Any]], Awaitable[None]]) -> Outcome: ...
+    async def ready(self, timeout_s: float) -> bool: ...
+    async def kill(self, grace_s: float) -> None: ...
+    async def retire(self, grace_s: float) -> None: ...
+    async def reap(self, grace_s: float) -> None: ...
+    def close_stdin(self) -> None: ...
 
 
 class WorkerProcess:

@@ -23,7 +23,7 @@ from engine.fairshare import fair_order
 from engine.jobs import JobKind, resolve
 from engine.jobs.context import JobSpec
 from engine.records import EngineEvent
-from engine.runner import Outcome, WorkerProcess
+from engine.runner import JobWorker, Outcome, UnplaceableJob, WorkerProcess
 from storage import artifacts as artifact_rows
 from storage import jobs as job_rows
 from storage import projects as project_rows
@@ -46,8 +46,11 @@ class SchedulerBusy(UserError):
 
 class Scheduler:
     def __init__(self, db: Database, layout: DataLayout, config: QueueConfig, kinds: dict[str, JobKind],
-                 bus: EventBus, after_done: Callable[[job_rows.JobRow], Awaitable[None]] | None = None) -> None:
+                 bus: EventBus, after_done: Callable[[job_rows.JobRow], Awaitable[None]] | None = None,
+                 cluster: Any = None) -> None:
         self._db = db
+        # The GPU machines GPU-lane jobs go to (engine.cluster.ray_lane.RayCluster); None: this machine.
+        self._cluster = cluster
         # Called once a job has ended "done" (its event published): the engine queues follow-up jobs here.
         self._after_done = after_done
         self._layout = layout
@@ -56,9 +59,9 @@ class Scheduler:
         self._bus = bus
         self._wake = {lane: asyncio.Event() for lane in LANES}
         self._loops: list[asyncio.Task[None]] = []
-        self._running: dict[int, WorkerProcess] = {}
-        self._exiting: set[WorkerProcess] = set()   # finished jobs whose process is still exiting
-        self._warm: dict[str, WorkerProcess] = {}   # lane → its warm worker, idle between jobs
+        self._running: dict[int, JobWorker] = {}
+        self._exiting: set[JobWorker] = set()   # finished jobs whose process is still exiting
+        self._warm: dict[str, JobWorker] = {}   # lane → its warm worker, idle between jobs
         self._cancelled: set[int] = set()
         self._lock_file: int | None = None
 
@@ -178,46 +181,75 @@ class Scheduler:
     # --- running --------------------------------------------------------------------------------
 
     async def _lane_loop(self, lane: str) -> None:
-        while True:
-            self._wake[lane].clear()
-            order = await self.ordered(lane)
-            if not order:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake[lane].wait(), DB_POLL_S)
-                continue
-            try:
-                await self._run(order[0])
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug here must not stop the lane for everyone
-                log.exception("lane %s: job %s could not be run", lane, order[0].id)
-                await self._finish(order[0].id, order[0].user_id, "failed",
-                                   error="lorabake hit an internal error starting this job (see the bot's log)")
+        """Starts the lane's next job whenever it has a free slot: one on this machine, one per GPU of the
+        cluster's nodes for the GPU lane of a cluster."""
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                self._wake[lane].clear()
+                if len(running) < await self._slots(lane) and (order := await self.ordered(lane)):
+                    started = await self._claim(order[0])
+                    if started is not None:
+                        task = asyncio.create_task(self._run_guarded(order[0], *started))
+                        running.add(task)
+                        task.add_done_callback(running.discard)
+                    continue
+                wake = asyncio.create_task(self._wake[lane].wait())
+                await asyncio.wait({wake, *running}, timeout=DB_POLL_S, return_when=asyncio.FIRST_COMPLETED)
+                wake.cancel()
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
-    async def _run(self, job: job_rows.JobRow) -> None:
+    async def _slots(self, lane: str) -> int:
+        if lane == "gpu" and self._cluster is not None:
+            return await asyncio.to_thread(self._cluster.slots)
+        return 1
+
+    async def _run_guarded(self, job: job_rows.JobRow, kind: JobKind, project: Any) -> None:
+        try:
+            await self._run(job, kind, project)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug here must not stop the lane for everyone
+            log.exception("lane %s: job %s could not be run", kind.lane, job.id)
+            await self._finish(job.id, job.user_id, "failed",
+                               error="lorabake hit an internal error starting this job (see the bot's log)")
+
+    async def _claim(self, job: job_rows.JobRow) -> tuple[JobKind, Any] | None:
+        """Marks the job running (its kind and project, to run it with), or ends it when it cannot run."""
         kind = self._kinds.get(job.kind)
         if kind is None:
             await self._finish(job.id, job.user_id, "failed", error=f"unknown job kind {job.kind!r}")
-            return
+            return None
         project = await project_rows.get_by_id(self._db, job.project_id) if job.project_id else None
         if kind.needs_project and project is None:
             await self._finish(job.id, job.user_id, "failed", error="the project of this job was deleted")
-            return
+            return None
         async with self._db.transaction() as tx:
             await job_rows.mark_running(tx, job.id, None)
             await job_rows.add_event(tx, job.id, "started", {"attempt": job.attempts + 1})
         self.publish("started", job.id, job.user_id, {"attempt": job.attempts + 1})
         self.publish_positions()
+        return kind, project
 
+    async def _run(self, job: job_rows.JobRow, kind: JobKind, project: Any) -> None:
         project_dir = self._layout.project(project.user_id, project.dir_name).root if project else None
         spec = JobSpec(job.id, job.kind, kind.entry, job.params, str(self._layout.root),
                        str(project_dir) if project_dir else None, job.attempts + 1)
-        worker = await self._worker(kind.lane)
-        await worker.submit(spec, self._layout.job_log(job.id))
+        worker = await self._worker(kind.lane, project_dir)
         self._running[job.id] = worker
         try:
-            async with self._db.transaction() as tx:
-                await job_rows.set_pid(tx, job.id, worker.pid)
+            try:
+                await worker.submit(spec, self._layout.job_log(job.id))
+            except UnplaceableJob as error:
+                await worker.retire(self._config.cancel_grace_s)
+                await self._finish(job.id, job.user_id, "failed", error=str(error))
+                return
+            if worker.pid is not None:
+                async with self._db.transaction() as tx:
+                    await job_rows.set_pid(tx, job.id, worker.pid)
             reporter = _EventRecorder(self, self._db, job, project_dir)
             watcher = asyncio.create_task(self._watch_for_outside_cancel(job, worker))
             try:
@@ -233,6 +265,10 @@ class Scheduler:
             self._running.pop(job.id, None)
         if job.id in self._cancelled:
             self._cancelled.discard(job.id)
+            return
+        if outcome.state == "lost":
+            await worker.retire(self._config.cancel_grace_s)
+            await self._requeue_lost(job, kind, outcome.error or "its machine was lost")
             return
         if outcome.state == "done" and kind.on_done:
             try:
@@ -257,8 +293,11 @@ class Scheduler:
             await worker.retire(self._config.cancel_grace_s)   # if the engine stops meanwhile, stop() reaps it
         self._exiting.discard(worker)
 
-    async def _worker(self, lane: str) -> WorkerProcess:
-        """The lane's warm worker (started on first use), or a fresh process for the one job."""
+    async def _worker(self, lane: str, project_dir: Path | None) -> JobWorker:
+        """Where the job runs: a node of the cluster (GPU lane), the lane's warm worker (started on first use),
+        or a fresh process for the one job."""
+        if lane == "gpu" and self._cluster is not None:
+            return self._cluster.job(project_dir)
         warm = self._warm.pop(lane, None)
         if warm is not None and warm.process.returncode is None:
             return warm
@@ -266,7 +305,23 @@ class Scheduler:
             return await WorkerProcess.start(serve=True, max_rss_gb=self._config.warm_worker_max_rss_gb)
         return await WorkerProcess.start()
 
-    async def _watch_for_outside_cancel(self, job: job_rows.JobRow, worker: WorkerProcess) -> None:
+    async def _requeue_lost(self, job: job_rows.JobRow, kind: JobKind, what: str) -> None:
+        """A job whose machine died under it: back in the queue to go on from its last saved work elsewhere,
+        unless it has had its attempts."""
+        attempt = job.attempts + 1
+        if kind.resumable and attempt < self._config.max_attempts:
+            reason = (f"{what}: the job went back in the queue (attempt {attempt + 1} of "
+                      f"{self._config.max_attempts}) and goes on from the work it had saved, on another GPU machine")
+            async with self._db.transaction() as tx:
+                await job_rows.requeue(tx, job.id, reason)
+                await job_rows.add_event(tx, job.id, "requeued", {"reason": reason})
+            self.publish("requeued", job.id, job.user_id, {"reason": reason})
+            self.publish_positions()
+        else:
+            await self._finish(job.id, job.user_id, "failed",
+                               error=f"{what}, and it had already been tried {attempt} times: start it again")
+
+    async def _watch_for_outside_cancel(self, job: job_rows.JobRow, worker: JobWorker) -> None:
         """A job cancelled by another process (the CLI) only changes its row: notice, and stop it."""
         while True:
             await asyncio.sleep(DB_POLL_S)
@@ -278,7 +333,7 @@ class Scheduler:
                     self.publish(row.state, job.id, job.user_id, {"error": row.error or ""})
                 return
 
-    async def _interrupt(self, job: job_rows.JobRow, worker: WorkerProcess) -> None:
+    async def _interrupt(self, job: job_rows.JobRow, worker: JobWorker) -> None:
         worker.close_stdin()
         await worker.kill(self._config.cancel_grace_s)
         reason = "the bot was stopped while this job was running: it went back in the queue and goes on from " \

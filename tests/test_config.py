@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from engine.config import (
+    ClusterConfig,
     Config,
     ConfigError,
     DiscordConfig,
@@ -301,11 +302,11 @@ def test_example_config_mentions_every_field_in_its_section() -> None:
     missing = [f"[{s}] {n}" if s else n for s, n, _ in _sections() if n not in keys_by_section.get(s, set())]
     assert missing == [], f"config.example.toml does not show: {missing}"
     for cls in (DiscordConfig, QueueConfig, WebConfig, RetentionConfig, IntakeConfig, TaggerConfig, ModelsConfig,
-                TrainingConfig, SamplesConfig):
+                TrainingConfig, SamplesConfig, ClusterConfig):
         assert dataclasses.fields(cls)  # the walk above really covers these sections
     sections = {s for s, _n, _f in _sections() if s}
     assert sections == {"discord", "queue", "web", "retention", "intake", "tagger", "models", "training", "samples",
-                        "reg"}
+                        "reg", "cluster"}
 
 
 def _leaf_defaults() -> dict[str, Any]:
@@ -317,7 +318,7 @@ def test_leaf_walk_sees_all_fields() -> None:
     assert "discord.token" in defaults and ".data_dir" in defaults and "retention.finished_jobs_days" in defaults
     assert len(defaults) == 1 + sum(len(dataclasses.fields(c)) for c in
                                     (DiscordConfig, QueueConfig, WebConfig, RetentionConfig, IntakeConfig, TaggerConfig,
-                                     ModelsConfig, TrainingConfig, SamplesConfig, RegConfig))
+                                     ModelsConfig, TrainingConfig, SamplesConfig, RegConfig, ClusterConfig))
 
 
 def test_samples_section_takes_whole_numbers_as_weights_and_size_0_as_auto(tmp_path: Path) -> None:
@@ -326,3 +327,11 @@ def test_samples_section_takes_whole_numbers_as_weights_and_size_0_as_auto(tmp_p
     assert samples.weights == [0.0, 1.0] and all(isinstance(w, float) for w in samples.weights)
     assert samples.seeds == [1, 2] and samples.size == 64 and samples.extra_models == ["a/b"]
     assert Config().samples.size == 0 and Config().samples.auto_after_training
+
+
+def test_cluster_section_turns_on_the_ray_lane_and_refuses_unknown_backends(tmp_path: Path) -> None:
+    cluster = load_config(_write(tmp_path, '[cluster]\nbackend = "ray"\naddress = "10.8.0.1:6379"\n'), env={}).cluster
+    assert (cluster.backend, cluster.address, cluster.gpus_per_job, cluster.sdxl_vram_gb) == ("ray", "10.8.0.1:6379",
+                                                                                            1.0, 16.0)
+    assert Config().cluster.backend == ""   # the default: this machine only
+    assert '[cluster] backend must be one of "", "ray"' in _error(_write(tmp_path, '[cluster]\nbackend = "dask"\n'))
