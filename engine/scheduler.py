@@ -62,6 +62,7 @@ class Scheduler:
         self._running: dict[int, JobWorker] = {}
         self._exiting: set[JobWorker] = set()   # finished jobs whose process is still exiting
         self._warm: dict[str, JobWorker] = {}   # lane → its warm worker, idle between jobs
+        self._lane_jobs: dict[str, set[asyncio.Task[None]]] = {lane: set() for lane in LANES}   # running
         self._cancelled: set[int] = set()
         self._lock_file: int | None = None
 
@@ -183,7 +184,7 @@ class Scheduler:
     async def _lane_loop(self, lane: str) -> None:
         """Starts the lane's next job whenever it has a free slot: one on this machine, one per GPU of the
         cluster's nodes for the GPU lane of a cluster."""
-        running: set[asyncio.Task[None]] = set()
+        running = self._lane_jobs[lane]
         try:
             while True:
                 self._wake[lane].clear()
@@ -238,7 +239,7 @@ class Scheduler:
         project_dir = self._layout.project(project.user_id, project.dir_name).root if project else None
         spec = JobSpec(job.id, job.kind, kind.entry, job.params, str(self._layout.root),
                        str(project_dir) if project_dir else None, job.attempts + 1)
-        worker = await self._worker(kind.lane, project_dir)
+        worker = await self._worker(kind, project_dir)
         self._running[job.id] = worker
         try:
             try:
@@ -293,10 +294,11 @@ class Scheduler:
             await worker.retire(self._config.cancel_grace_s)   # if the engine stops meanwhile, stop() reaps it
         self._exiting.discard(worker)
 
-    async def _worker(self, lane: str, project_dir: Path | None) -> JobWorker:
-        """Where the job runs: a node of the cluster (GPU lane), the lane's warm worker (started on first use),
-        or a fresh process for the one job."""
-        if lane == "gpu" and self._cluster is not None:
+    async def _worker(self, kind: JobKind, project_dir: Path | None) -> JobWorker:
+        """Where the job runs: a node of the cluster (GPU lane; tagging too while a node is idle), the lane's
+        warm worker (started on first use), or a fresh process for the one job."""
+        lane = kind.lane
+        if self._cluster is not None and (lane == "gpu" or (kind.gpu_when_free and await self._gpu_idle())):
             return self._cluster.job(project_dir)
         warm = self._warm.pop(lane, None)
         if warm is not None and warm.process.returncode is None:
@@ -304,6 +306,10 @@ class Scheduler:
         if lane == "gpu" and self._config.warm_worker:
             return await WorkerProcess.start(serve=True, max_rss_gb=self._config.warm_worker_max_rss_gb)
         return await WorkerProcess.start()
+
+    async def _gpu_idle(self) -> bool:
+        """A GPU node of the cluster is free and no GPU-lane job waits for it."""
+        return len(self._lane_jobs["gpu"]) < await self._slots("gpu") and not await self.ordered("gpu")
 
     async def _requeue_lost(self, job: job_rows.JobRow, kind: JobKind, what: str) -> None:
         """A job whose machine died under it: back in the queue to go on from its last saved work elsewhere,

@@ -157,7 +157,7 @@ async def test_a_job_no_node_can_hold_fails_with_the_reason(config: Config) -> N
     engine = await Engine.open(config)
     await engine.start()
     try:
-        job = await engine.enqueue(ALICE_ACTOR, "quick")
+        job = await engine.enqueue(ALICE_ACTOR, "quick", params={"base_model": config.models.sd15})
         failed = await until_job(engine, job.id, lambda j: j.state == "failed")
         assert "needs a GPU machine with 40 GB of GPU memory" in failed.error
         assert "the largest in the cluster declares 24 GB" in failed.error
@@ -186,6 +186,25 @@ async def _captioned_project(engine: Engine) -> None:
     await engine.add_images(ALICE_ACTOR, "XingBar30", [IncomingFile(f"p{n}.png", picture(n)) for n in range(2)])
     for image in await engine.images(ALICE_ACTOR, "XingBar30"):
         await engine.curation.edit_caption(ALICE_ACTOR, "XingBar30", image.id, "solo, shirt")
+
+
+async def test_tagging_goes_to_an_idle_gpu_node_and_stays_here_while_they_are_busy(head: Engine, tmp_path: Path):
+    await _captioned_project(head)
+    job = await head.tag(ALICE_ACTOR, "XingBar30")
+    assert job.lane == "cpu"   # onnxruntime has no CUDA on the head
+    tagged = await until_job(head, job.id, lambda j: j.state in ("done", "failed"))
+    assert tagged.state == "done", tagged.error
+    assert tagged.progress["node"] in NODES and tagged.result["images"] == 2
+    assert all(caption for caption in (await head.captions(ALICE_ACTOR, "XingBar30")).values())
+    gates = [tmp_path / f"gate{n}" for n in range(2)]   # both nodes busy: tagging runs on the head
+    for gate in gates:
+        await head.enqueue(BOB_ACTOR, "hold", params={"gate": str(gate)})
+    await until(lambda: all(started(gate) for gate in gates))
+    job = await head.tag(ALICE_ACTOR, "XingBar30")
+    tagged = await until_job(head, job.id, lambda j: j.state in ("done", "failed"))
+    assert tagged.state == "done" and "node" not in (tagged.progress or {})
+    for gate in gates:
+        gate.write_text("go")
 
 
 TRAINING = dict(item.split("=") for item in f"{TINY}, epochs=3, repeats=2".split(", "))

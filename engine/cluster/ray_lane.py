@@ -80,13 +80,17 @@ class RayCluster:
         return sum(int(resources[GPU_RESOURCE]) for resources in self.nodes())
 
     def needs(self, spec: JobSpec) -> dict[str, float]:
-        """One GPU; the GPU memory its base model's family needs; with `nodes_declare_models`, a node that has
-        that base model in its cache."""
+        """One GPU; for a job on a base model of [models], the GPU memory its family needs and, with
+        `nodes_declare_models`, a node that has that model in its cache."""
         base = spec.params.get("base_model")
         family = next((name for name, model in self._models.items() if model == base), None)
+        needs = {GPU_RESOURCE: 1.0}
+        if family is None:   # no base model (tagging, a system check): any GPU node
+            return needs
         vram = self.config.sdxl_vram_gb if family == "sdxl" else self.config.sd15_vram_gb
-        needs = {GPU_RESOURCE: 1.0, **({VRAM_RESOURCE: vram} if vram else {})}
-        if self.config.nodes_declare_models and family:
+        if vram:
+            needs[VRAM_RESOURCE] = vram
+        if self.config.nodes_declare_models:
             needs[MODEL_RESOURCE.format(family=family)] = MODEL_SHARE
         return needs
 

@@ -28,6 +28,8 @@ class JobKind:
     # "module:function" run in the engine process when the job is done: async (db, job_row, result)
     # → the result to keep. It commits to the database what the worker could only write to files.
     on_done: str | None = None
+    # A CPU-lane job that a cluster's idle GPU node runs faster: sent there when the GPU lane leaves one free.
+    gpu_when_free: bool = False
 
 
 def tagger_lane() -> Lane:
@@ -41,7 +43,7 @@ def builtin_kinds() -> list[JobKind]:
     return [
         JobKind("check", "System check", "gpu", "engine.jobs.check:run", priority=1, needs_project=False),
         JobKind("tag", "Tagging", tagger_lane(), "engine.jobs.tag:run", priority=1,
-                on_done="engine.dataset:store_tag_result"),
+                on_done="engine.dataset:store_tag_result", gpu_when_free=True),
         # Resumable: a re-run renders only the pictures that are missing.
         JobKind("reg", "Reg images", "gpu", "engine.jobs.reg:run", on_done="engine.reg.store:store_reg_result"),
         # Resumable: a re-run continues from the last saved epoch.
