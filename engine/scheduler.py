@@ -61,7 +61,7 @@ class Scheduler:
         self._loops: list[asyncio.Task[None]] = []
         self._running: dict[int, JobWorker] = {}
         self._exiting: set[JobWorker] = set()   # finished jobs whose process is still exiting
-        self._warm: dict[str, JobWorker] = {}   # lane → its warm worker, idle between jobs
+        self._warm: dict[str, WorkerProcess] = {}   # lane → its warm worker, idle between jobs
         self._lane_jobs: dict[str, set[asyncio.Task[None]]] = {lane: set() for lane in LANES}   # running
         self._cancelled: set[int] = set()
         self._lock_file: int | None = None
@@ -139,10 +139,7 @@ class Scheduler:
                 reason = (f"lorabake restarted during attempt {job.attempts}: the job went back in the queue "
                           f"(attempt {job.attempts + 1} of {self._config.max_attempts}) and goes on from the work "
                           "it had saved")
-                async with self._db.transaction() as tx:
-                    await job_rows.requeue(tx, job.id, reason)
-                    await job_rows.add_event(tx, job.id, "requeued", {"reason": reason})
-                self.publish("requeued", job.id, job.user_id, {"reason": reason})
+                await self._requeue(job, reason)
             else:
                 reason = ("the bot restarted while this job was running"
                           + (f", and it had already been tried {job.attempts} times" if kind else
@@ -288,7 +285,7 @@ class Scheduler:
         # memory back (on one GPU, two models loaded at once could run out of it), or, a warm worker, has
         # put its state back for the next job.
         self._exiting.add(worker)
-        if outcome.state == "done" and await worker.ready(WARM_RESET_TIMEOUT_S):
+        if isinstance(worker, WorkerProcess) and outcome.state == "done" and await worker.ready(WARM_RESET_TIMEOUT_S):
             self._warm[kind.lane] = worker
         else:
             await worker.retire(self._config.cancel_grace_s)   # if the engine stops meanwhile, stop() reaps it
@@ -318,10 +315,7 @@ class Scheduler:
         if kind.resumable and attempt < self._config.max_attempts:
             reason = (f"{what}: the job went back in the queue (attempt {attempt + 1} of "
                       f"{self._config.max_attempts}) and goes on from the work it had saved, on another GPU machine")
-            async with self._db.transaction() as tx:
-                await job_rows.requeue(tx, job.id, reason)
-                await job_rows.add_event(tx, job.id, "requeued", {"reason": reason})
-            self.publish("requeued", job.id, job.user_id, {"reason": reason})
+            await self._requeue(job, reason)
             self.publish_positions()
         else:
             await self._finish(job.id, job.user_id, "failed",
@@ -344,9 +338,14 @@ class Scheduler:
         await worker.kill(self._config.cancel_grace_s)
         reason = "the bot was stopped while this job was running: it went back in the queue and goes on from " \
                  "the work it had saved"
+        await self._requeue(job, reason, count_attempt=False)
+
+    async def _requeue(self, job: job_rows.JobRow, reason: str, *, count_attempt: bool = True) -> None:
+        """A running job back in the queue, with the note its owner reads."""
         async with self._db.transaction() as tx:
-            await job_rows.requeue(tx, job.id, reason, count_attempt=False)
+            await job_rows.requeue(tx, job.id, reason, count_attempt=count_attempt)
             await job_rows.add_event(tx, job.id, "requeued", {"reason": reason})
+        self.publish("requeued", job.id, job.user_id, {"reason": reason})
 
     async def _queue_follow_ups(self, job: job_rows.JobRow) -> None:
         if self._after_done is None:
